@@ -1,0 +1,40 @@
+# The two commands of the README:
+#   make book   set up .venv, execute the chapters at tiny scale, build the HTML book in _build/html
+#   make test   unit tests, notebook tests (nbval, claims asserted), the book build with warnings
+#               as errors, and checks of the rendered pages in headless Chromium
+# Each chapter executes once per `make test`: nbval's execution is handed to the book build.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+JB := $(VENV)/bin/jupyter-book
+STAMP := $(VENV)/.installed
+export LAB_SCALE := tiny
+export LAB_EXPLORERS := static
+export LAB_RESULTS_DIR := $(CURDIR)/_build/results
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: book test setup html clean
+
+book: setup html
+
+setup: $(STAMP) _vendor/embed-amd.js
+
+$(STAMP): pyproject.toml tools/install.sh
+	bash tools/install.sh $(VENV)
+	touch $(STAMP)
+
+_vendor/embed-amd.js: tools/vendor_widgets.sh
+	bash tools/vendor_widgets.sh _vendor
+
+html:
+	$(PY) -m lab.book
+	$(JB) build . -W -n --keep-going
+
+test: setup
+	$(PY) -m pytest -m "not rendered" --nbval-lax --nbval-current-env \
+	    --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout 1200 tests book
+	$(MAKE) html
+	$(PY) -m pytest -m rendered tests
+
+clean:
+	rm -rf _build

@@ -1,0 +1,40 @@
+"""The book's chapters: ids (stable, kebab-case), titles, papers and whether they are written yet."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Chapter:
+    id: str
+    title: str
+    arxiv: str
+    ready: bool
+
+    @property
+    def notebook(self) -> Path:
+        return Path(__file__).resolve().parent.parent / "book" / f"{self.id}.ipynb"
+
+
+CHAPTERS = (
+    Chapter("mode-interpolation", "Where diffusion models' hallucinations come from", "2406.09358", True),
+    Chapter("ect", "Easy Consistency Tuning", "2406.14548", False),
+    Chapter("arimec", "Low-entropy couplings and steganography", "2405.19540", False),
+    Chapter("mimetic-init", "Mimetic initialization helps SSMs learn to recall", "2410.11135", False),
+    Chapter("mohawk", "Distilling Transformers into SSMs", "2408.10189", False),
+    Chapter("ado", "Adaptive data optimization with scaling laws", "2410.11820", False),
+    Chapter("context-inversion", "Context-parametric inversion in instruction tuning", "2410.10796", False),
+    Chapter("clip-differences", "Finetuning CLIP to reason about differences", "2409.09721", False),
+    Chapter("prompt-recovery", "Prompt recovery for image generation", "2408.06502", False),
+    Chapter("fuse", "Unifying embedding spaces across tokenizers", "2408.04816", False),
+)
+
+
+def get(chapter_id: str) -> Chapter:
+    """The chapter with this id; a ValueError lists the ids when it is unknown."""
+    for chapter in CHAPTERS:
+        if chapter.id == chapter_id:
+            return chapter
+    raise ValueError(f"chapter must be one of {', '.join(c.id for c in CHAPTERS)}; "
+                     f"got {chapter_id!r}")

@@ -1,0 +1,48 @@
+"""Where results, run checkpoints and the book's execution cache live."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def repo_root() -> Path | None:
+    """The book's checkout when `lab` is used from one (it holds ``_toc.yml``), else None."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "_toc.yml").exists() else None
+
+
+def build_dir() -> Path:
+    root = repo_root()
+    return (root if root is not None else Path.cwd()) / "_build"
+
+
+def results_dir() -> Path:
+    """``$LAB_RESULTS_DIR``, default ``_build/results`` of the checkout (or of the working folder)."""
+    env = os.environ.get("LAB_RESULTS_DIR", "").strip()
+    return Path(env).expanduser().resolve() if env else build_dir() / "results"
+
+
+def runs_dir() -> Path:
+    """Training checkpoints: ``$LAB_RUNS_DIR``, default ``_build/runs``."""
+    env = os.environ.get("LAB_RUNS_DIR", "").strip()
+    return Path(env).expanduser().resolve() if env else build_dir() / "runs"
+
+
+def saved_dir(chapter: str) -> Path:
+    """Results of larger-scale runs that ship with the book: ``book/saved/<chapter>``."""
+    root = repo_root()
+    base = root / "book" if root is not None else Path.cwd()
+    return base / "saved" / chapter
+
+
+def jupyter_cache_dir() -> Path:
+    """The execution cache that jupyter-book reads (``execute.cache`` in ``_config.yml``)."""
+    return build_dir() / ".jupyter_cache"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and a rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,207 @@
+"""One training loop for every chapter: HF accelerate, tqdm progress, EMA, exact resume.
+
+The loop is deliberately plain (nanoGPT-style). A chapter supplies ``loss_fn(model, generator)``,
+which draws its own batch and noise from the generator it is given; all randomness of training
+therefore flows through one ``torch.Generator`` whose state is checkpointed with the weights,
+the optimiser and the EMA. Resuming from a checkpoint replays the remaining steps exactly: same
+seed, same steps, same numbers, whether or not the run was interrupted.
+
+Checkpoints are safetensors files (tensors) with a JSON header (step, config); nothing is
+unpickled on load. On several processes (``accelerate launch``) each process gets its own
+generator stream, gradients are averaged by accelerate, and only the main process writes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import _check, paths
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings. ``lr_final`` set: cosine decay from ``lr`` to it; None: constant."""
+    steps: int
+    lr: float = 1e-3
+    lr_final: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+    ema: float | None = None
+    checkpoint_every: int = 0
+    progress_every: int = 50
+
+    def __post_init__(self):
+        _check.integer("steps", self.steps, low=1)
+        _check.real("lr", self.lr, low=0, low_open=True)
+        if self.lr_final is not None:
+            _check.real("lr_final", self.lr_final, low=0, high=self.lr)
+        if self.ema is not None:
+            _check.real("ema", self.ema, low=0, high=1, high_open=True)
+        _check.integer("checkpoint_every", self.checkpoint_every, low=0)
+        _check.integer("progress_every", self.progress_every, low=1)
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """The rate used at optimiser step `step` (0-based): constant, or cosine to ``lr_final``."""
+    if config.lr_final is None:
+        return config.lr
+    frac = step / config.steps
+    return config.lr_final + 0.5 * (config.lr - config.lr_final) * (1 + math.cos(math.pi * frac))
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point tensors: s ← β·s + (1−β)·θ."""
+
+    def __init__(self, model: torch.nn.Module, beta: float):
+        self.beta = _check.real("beta", beta, low=0, high=1, high_open=True)
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for key, value in model.state_dict().items():
+            if value.dtype.is_floating_point:
+                self.shadow[key].mul_(self.beta).add_(value.detach(), alpha=1 - self.beta)
+            else:
+                self.shadow[key].copy_(value)
+
+    def copy_to(self, model: torch.nn.Module) -> torch.nn.Module:
+        model.load_state_dict(self.shadow)
+        return model
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: torch.nn.Module
+    ema_model: torch.nn.Module | None
+    losses: torch.Tensor
+    resumed_from: int
+    run_dir: Path | None
+
+
+def run_key(*parts) -> str:
+    """A short stable hash of a run's identity (configs, seed, and the lab source that trains it)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True, default=repr).encode())
+    for src in sorted(Path(__file__).resolve().parent.rglob("*.py")):
+        h.update(src.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Generator], torch.Tensor],
+          config: TrainConfig, *, seed: int, run_dir: Path | str | None = None,
+          desc: str = "training", device: torch.device | str | None = None) -> TrainResult:
+    """Train `model` for ``config.steps`` Adam steps of ``loss_fn``; resume from `run_dir` if it
+    holds a checkpoint of the same run. Returns the trained model, its EMA copy and the losses."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig; got {type(config).__name__}")
+    seed = _check.integer("seed", seed)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    model = model.to(accelerator.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
+    ema = EMA(model, config.ema) if config.ema is not None else None
+    generator = torch.Generator(accelerator.device)
+    generator.manual_seed(seed * 1009 + accelerator.process_index)
+    losses = torch.zeros(config.steps)
+    start = 0
+    run_dir = Path(run_dir) if run_dir is not None else None
+    ckpt = run_dir / "checkpoint.safetensors" if run_dir is not None else None
+    if ckpt is not None and ckpt.exists():
+        start = _load(ckpt, model, optimizer, ema, generator, losses, config, accelerator)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    model.train()
+    bar = tqdm(total=config.steps, initial=start, desc=desc, mininterval=1.0,
+               disable=not accelerator.is_main_process)
+    for step in range(start, config.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config)
+        loss = loss_fn(model, generator)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        if ema is not None:
+            ema.update(accelerator.unwrap_model(model))
+        losses[step] = loss.detach().float().cpu()
+        if (step + 1) % config.progress_every == 0 or step + 1 == config.steps:
+            bar.update(step + 1 - bar.n)
+            bar.set_postfix(loss=f"{losses[max(0, step - config.progress_every + 1):step + 1].mean():.4f}",
+                            refresh=False)
+        done = step + 1 == config.steps
+        if ckpt is not None and (done or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0)):
+            if accelerator.is_main_process:
+                _save(ckpt, accelerator.unwrap_model(model), optimizer, ema, generator, losses, step + 1, config)
+    bar.close()
+    model = accelerator.unwrap_model(model)
+    model.eval()
+    ema_model = None
+    if ema is not None:
+        import copy
+        ema_model = ema.copy_to(copy.deepcopy(model)).eval()
+    return TrainResult(model, ema_model, losses, start, run_dir)
+
+
+def _save(path: Path, model, optimizer, ema, generator, losses, step: int, config: TrainConfig) -> None:
+    from safetensors.torch import save_file
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema/{k}": v.cpu().contiguous() for k, v in ema.shadow.items()})
+    opt = optimizer.state_dict()
+    scalars = {}
+    for idx, state in opt["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"opt/{idx}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}/{key}"] = value
+    tensors["rng/generator"] = generator.get_state().cpu()
+    tensors["losses"] = losses.clone()
+    meta = {"step": step, "config": dataclasses.asdict(config),
+            "param_groups": opt["param_groups"], "opt_scalars": scalars}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"lab": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def _load(path: Path, model, optimizer, ema, generator, losses, config, accelerator) -> int:
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["lab"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    saved = dict(meta["config"], betas=tuple(meta["config"]["betas"]))
+    if saved != dataclasses.asdict(config):
+        raise ValueError(f"run_dir {path.parent} holds a checkpoint of another config: {saved}; "
+                         "use a new run_dir or delete it")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+    if ema is not None:
+        ema.shadow = {k[4:]: v.to(accelerator.device) for k, v in tensors.items() if k.startswith("ema/")}
+    state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith("opt/"):
+            _, idx, name = key.split("/", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for key, value in meta["opt_scalars"].items():
+        idx, name = key.split("/", 1)
+        state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    generator.set_state(tensors["rng/generator"])
+    losses.copy_(tensors["losses"])
+    return int(meta["step"])
+
+
+def default_run_dir(chapter: str, name: str, key: str) -> Path:
+    """``_build/runs/<chapter>/<name>-<key>``: where a chapter's run keeps its checkpoint."""
+    return paths.runs_dir() / chapter / f"{name}-{key}"

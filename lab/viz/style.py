@@ -1,0 +1,48 @@
+"""Figure helpers: one look for every chapter, and a stamp saying which scale made a figure."""
+from __future__ import annotations
+
+import matplotlib
+
+PALETTE = {"in": "#4C72B0", "halluc": "#DD4444", "oracle": "#55A868", "learned": "#4C72B0",
+           "grey": "#888888", "accent": "#C44E52"}
+
+
+def figure(ncols: int = 1, nrows: int = 1, width: float = 9.0, height: float = 3.0, **kw):
+    """A new figure (not pyplot-managed, so it never leaks into later cells) and its axes."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=True, **kw)
+    return fig, axes
+
+
+def stamp(fig, scale: str, seed: int | None = None, note: str = "") -> None:
+    """Write the scale (and seed) that produced `fig` in its bottom-right corner."""
+    text = f"scale: {scale}" + (f" · seed {seed}" if seed is not None else "") + (f" · {note}" if note else "")
+    fig.text(0.995, 0.003, text, ha="right", va="bottom", fontsize=7, color="#777777")
+
+
+def png_bytes(fig, dpi: int = 80) -> bytes:
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+matplotlib.rcParams.update({"axes.spines.top": False, "axes.spines.right": False,
+                            "axes.titlesize": 10, "axes.labelsize": 9, "font.size": 9})
+
+
+class Source:
+    """The source of a `lab` function, shown as a highlighted code block in notebooks and the book."""
+
+    def __init__(self, obj):
+        import inspect
+        if not callable(obj):
+            raise TypeError(f"obj must be a function or class; got {type(obj).__name__}")
+        self.code = inspect.getsource(obj)
+
+    def _repr_markdown_(self) -> str:
+        return f"```python\n{self.code}```"
+
+    def __repr__(self) -> str:
+        return self.code
