@@ -17,14 +17,14 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 book: setup html
 
-setup: $(STAMP) _vendor/embed-amd.js
+setup: $(STAMP) _vendor/mathjax/tex-chtml.js
 
 $(STAMP): pyproject.toml tools/install.sh
 	bash tools/install.sh $(VENV)
 	touch $(STAMP)
 
-_vendor/embed-amd.js: tools/vendor_widgets.sh
-	bash tools/vendor_widgets.sh _vendor
+_vendor/mathjax/tex-chtml.js: tools/vendor_js.sh
+	bash tools/vendor_js.sh _vendor
 
 html:
 	$(PY) -m lab.book

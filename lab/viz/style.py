@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import matplotlib
+import matplotlib.pyplot  # noqa: F401  (in a notebook kernel this registers the inline display of figures)
 
 PALETTE = {"in": "#4C72B0", "halluc": "#DD4444", "oracle": "#55A868", "learned": "#4C72B0",
            "grey": "#888888", "accent": "#C44E52"}

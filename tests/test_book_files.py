@@ -1,0 +1,50 @@
+"""The book's sources agree with each other: config, table of contents, notebooks, packaging."""
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from lab.chapters import CHAPTERS
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+READY = [c for c in CHAPTERS if c.ready]
+
+
+def test_jupyter_book_is_pinned_to_1x():
+    assert '"jupyter-book>=1,<2"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_toc_lists_exactly_the_ready_chapters():
+    toc = (ROOT / "_toc.yml").read_text()
+    for chapter in CHAPTERS:
+        assert (f"file: book/{chapter.id}" in toc) == chapter.ready, chapter.id
+
+
+@pytest.mark.parametrize("chapter", READY, ids=[c.id for c in READY])
+def test_notebook_names_the_configured_repository(chapter):
+    url, branch = CONFIG["repository"]["url"], CONFIG["repository"]["branch"]
+    slug = url.removeprefix("https://github.com/")
+    text = chapter.notebook.read_text()
+    badges = re.findall(r"colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/([^/]+)/(book/[\w-]+\.ipynb)", text)
+    installs = re.findall(r"git\+https://github\.com/([^@\"]+)@([\w.-]+)", text)
+    assert badges and installs, "a chapter needs a Colab badge and an install cell"
+    assert all(b == (slug, branch, f"book/{chapter.id}.ipynb") for b in badges), badges
+    assert all(i == (slug, branch) for i in installs), installs
+
+
+@pytest.mark.parametrize("chapter", READY, ids=[c.id for c in READY])
+def test_notebook_is_stored_clean(chapter):
+    nb = nbformat.read(chapter.notebook, as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, "store notebooks without outputs"
+
+
+def test_widget_manager_is_served_from_the_book():
+    cfg = CONFIG["sphinx"]["config"]
+    assert "_vendor" in cfg["html_static_path"]
+    assert set(cfg["nb_ipywidgets_js"]) == {"require.js", "embed-amd.js"}

@@ -1,0 +1,72 @@
+"""Checks of the built HTML book in headless Chromium (run after `jupyter-book build`)."""
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.rendered
+HTML = Path(__file__).resolve().parent.parent / "_build" / "html"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium():
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is required in CI for the rendered-page checks")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return exe
+
+
+def browse(page: Path, *extra: str) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run([chromium(), *FLAGS, f"--user-data-dir={profile}", *extra, page.as_uri()],
+                              capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def chapter_dom():
+    page = HTML / "book" / "mode-interpolation.html"
+    if not page.exists():
+        pytest.fail(f"{page} is missing: build the book first (make html)")
+    return browse(page, "--virtual-time-budget=5000", "--dump-dom").stdout
+
+
+def test_chapter_page_shows_figures_claims_and_explorers(chapter_dom):
+    assert "Where diffusion models" in chapter_dom
+    figures = re.findall(r"<img[^>]+src=\"data:image/png;base64,", chapter_dom)
+    assert len(figures) >= 4, "the chapter's figures are missing"
+    explorers = re.findall(r"<div class=\"lab-explorer\" id=\"(lx\w+)\"", chapter_dom)
+    assert len(explorers) == 3
+    assert chapter_dom.count('type="range"') >= 5        # 1 + 2 + 2 sliders
+    assert "lab-claims" in chapter_dom and "C5r" in chapter_dom
+    assert "Traceback" not in chapter_dom
+    assert "Awaiting a gpu-scale run" in chapter_dom or "recorded" in chapter_dom
+
+
+def test_no_page_loads_scripts_from_a_cdn():
+    for page in HTML.rglob("*.html"):
+        text = page.read_text(errors="ignore")
+        for host in ("cdn.jsdelivr.net", "unpkg.com", "cdnjs.cloudflare.com"):
+            assert not re.search(rf"<script[^>]+src=\"https?://{re.escape(host)}", text), (page, host)
+
+
+def test_ledger_page_lists_the_chapter_claims():
+    page = HTML / "book" / "ledger.html"
+    dom = browse(page, "--dump-dom").stdout
+    assert "lab-ledger" in dom and "C1" in dom and "chapter to come" in dom
+
+
+def test_chapter_page_screenshot_is_not_blank(tmp_path):
+    shot = tmp_path / "chapter.png"
+    browse(HTML / "book" / "mode-interpolation.html", f"--screenshot={shot}", "--window-size=1200,2400",
+           "--virtual-time-budget=5000")
+    assert shot.exists() and shot.stat().st_size > 20_000
+    from matplotlib.image import imread
+    pixels = imread(shot)
+    assert pixels.std() > 0.05, "the screenshot is a blank page"

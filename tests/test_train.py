@@ -1,0 +1,110 @@
+import math
+
+import pytest
+import torch
+
+from lab.train import EMA, TrainConfig, learning_rate, train
+
+
+def tiny_problem(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    w = torch.tensor([[1.0], [-2.0], [0.5]])
+
+    def loss_fn(net, g):
+        x = torch.randn(16, 3, generator=g)
+        return (net(x) - x @ w).pow(2).mean()
+    return model, loss_fn
+
+
+def test_cosine_schedule_values():
+    cfg = TrainConfig(steps=5000, lr=1e-3, lr_final=1e-5)
+    assert learning_rate(0, cfg) == pytest.approx(1e-3)
+    assert learning_rate(2500, cfg) == pytest.approx(5.05e-4)
+    assert learning_rate(5000, cfg) == pytest.approx(1e-5)
+    assert learning_rate(1234, TrainConfig(steps=10, lr=3e-4)) == 3e-4
+
+
+def test_ema_after_one_step():
+    net = torch.nn.Linear(2, 1)
+    theta0 = {k: v.clone() for k, v in net.state_dict().items()}
+    ema = EMA(net, 0.999)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    ema.update(net)
+    for k, v in net.state_dict().items():
+        assert torch.allclose(ema.shadow[k], 0.999 * theta0[k] + 0.001 * v)
+
+
+def test_training_reduces_loss_and_is_deterministic():
+    cfg = TrainConfig(steps=60, lr=1e-2, lr_final=1e-4, ema=0.9)
+    a = train(*tiny_problem(), cfg, seed=3)
+    b = train(*tiny_problem(), cfg, seed=3)
+    assert a.losses[-10:].mean() < a.losses[:10].mean() / 3
+    assert torch.equal(a.losses, b.losses)
+    assert a.ema_model is not None and a.resumed_from == 0
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_exact_resume_after_a_crash(tmp_path):
+    cfg = TrainConfig(steps=40, lr=1e-2, lr_final=1e-4, ema=0.95, checkpoint_every=10)
+    straight = train(*tiny_problem(), cfg, seed=1)
+
+    model, loss_fn = tiny_problem()
+    calls = {"n": 0}
+
+    def crashing(net, g):
+        calls["n"] += 1
+        if calls["n"] == 26:          # dies after the checkpoint at step 20
+            raise Crash()
+        return loss_fn(net, g)
+
+    with pytest.raises(Crash):
+        train(model, crashing, cfg, seed=1, run_dir=tmp_path)
+    model, loss_fn = tiny_problem()
+    resumed = train(model, loss_fn, cfg, seed=1, run_dir=tmp_path)
+    assert resumed.resumed_from == 20
+    assert torch.equal(resumed.losses, straight.losses)
+    for (k, v), (_, w) in zip(resumed.model.state_dict().items(), straight.model.state_dict().items()):
+        assert torch.equal(v, w), k
+    for (k, v), (_, w) in zip(resumed.ema_model.state_dict().items(), straight.ema_model.state_dict().items()):
+        assert torch.equal(v, w), k
+    # a finished run loads and trains no further
+    again = train(*tiny_problem(), cfg, seed=1, run_dir=tmp_path)
+    assert again.resumed_from == 40 and torch.equal(again.losses, straight.losses)
+
+
+def test_checkpoint_is_safetensors_and_config_is_checked(tmp_path):
+    cfg = TrainConfig(steps=5, lr=1e-2)
+    train(*tiny_problem(), cfg, seed=0, run_dir=tmp_path)
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "checkpoint.safetensors"), framework="pt") as f:
+        assert "rng/generator" in f.keys() and "losses" in f.keys()
+    with pytest.raises(ValueError, match="another config"):
+        train(*tiny_problem(), TrainConfig(steps=6, lr=1e-2), seed=0, run_dir=tmp_path)
+
+
+def test_non_finite_loss_is_reported():
+    model, _ = tiny_problem()
+    with pytest.raises(FloatingPointError, match="step 0"):
+        train(model, lambda net, g: torch.tensor(math.nan, requires_grad=True), TrainConfig(steps=3), seed=0)
+
+
+@pytest.mark.parametrize("kw, match", [({"steps": 0}, "steps"), ({"steps": 5, "lr": -1.0}, "lr"),
+                                       ({"steps": 5, "ema": 1.0}, "ema"),
+                                       ({"steps": 5, "lr": 1e-3, "lr_final": 1e-2}, "lr_final")])
+def test_config_rejects_bad_values(kw, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        TrainConfig(**kw)
+
+
+def test_train_rejects_bad_arguments():
+    model, loss_fn = tiny_problem()
+    with pytest.raises(TypeError, match="config"):
+        train(model, loss_fn, {"steps": 3}, seed=0)
+    with pytest.raises(TypeError, match="seed"):
+        train(model, loss_fn, TrainConfig(steps=3), seed="0")
