@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import matplotlib
-import matplotlib.pyplot  # noqa: F401  (in a notebook kernel this registers the inline display of figures)
 
 PALETTE = {"in": "#4C72B0", "halluc": "#DD4444", "oracle": "#55A868", "learned": "#4C72B0",
            "grey": "#888888", "accent": "#C44E52"}
@@ -29,6 +28,19 @@ def png_bytes(fig, dpi: int = 80) -> bytes:
     return buf.getvalue()
 
 
+def show_figures_inline() -> None:
+    """Let a bare Figure at the end of a notebook cell display as a PNG (without pyplot's state)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with ipykernel
+        return
+    shell = get_ipython()
+    if shell is not None:
+        from matplotlib.figure import Figure
+        shell.display_formatter.formatters["image/png"].for_type(Figure, lambda fig: png_bytes(fig, dpi=100))
+
+
+show_figures_inline()
 matplotlib.rcParams.update({"axes.spines.top": False, "axes.spines.right": False,
                             "axes.titlesize": 10, "axes.labelsize": 9, "font.size": 9})
 
