@@ -77,11 +77,12 @@ class Ledger:
 
     def check(self, claim_id: str, text: str, measured: float, *, at_least: float | None = None,
               at_most: float | None = None, gating: bool = True, paper: str = "",
-              fmt: str = "{:.3g}") -> Claim:
+              fmt: str = "{:.3g}") -> None:
         """Compare `measured` with the bound(s), record and show it; raise if a gating claim fails.
 
         `at_least` and `at_most` are inclusive; give one or both. `paper` states what the paper
-        reports, shown beside the measurement. `fmt` formats measured value and bounds.
+        reports, shown beside the measurement. `fmt` formats measured value and bounds. The
+        recorded claim is ``self.claims[-1]``.
         """
         if not isinstance(claim_id, str) or not claim_id:
             raise ValueError(f"claim_id must be a non-empty string; got {claim_id!r}")
@@ -108,7 +109,6 @@ class Ledger:
         if gating and not ok:
             raise ClaimFailed(f"{self.chapter} {claim_id} did not reproduce at scale {self.scale}, "
                               f"seed {self.seed}: measured {claim.display}, needs {claim.threshold}")
-        return claim
 
     def summary(self):
         """Publish the run's claims (atomically) and return the table for display."""
@@ -173,7 +173,7 @@ class ClaimsTable:
 
 
 def _show_claim(claim: Claim) -> None:
-    mark = "✅" if claim.reproduced else ("❌" if claim.gating else "⚠️")
+    mark = "✔" if claim.reproduced else ("✘" if claim.gating else "⚠")
     text = (f"{mark} {claim.id}: {claim.text} — measured {claim.display} (needs {claim.threshold})"
             + ("" if claim.gating else " · reported, not asserted at this scale")
             + (f" · paper: {claim.paper}" if claim.paper else ""))
@@ -181,7 +181,8 @@ def _show_claim(claim: Claim) -> None:
         from IPython.display import HTML, display
         from IPython import get_ipython
         if get_ipython() is not None:
-            display(HTML(f"<p class='lab-claim'>{html.escape(text)}</p>"))
+            state = "ok" if claim.reproduced else "miss"
+            display(HTML(f"<p class='lab-claim {state}'>{html.escape(text)}</p>"))
             return
     except ImportError:  # pragma: no cover
         pass

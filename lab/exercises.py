@@ -18,7 +18,7 @@ def check(name: str, answer, expected: float, *, rel: float = 1e-3, abs_tol: flo
         raise TypeError(f"answer for {name} must be a number; got {type(answer).__name__}") from None
     ok = math.isclose(value, expected, rel_tol=rel, abs_tol=abs_tol)
     if ok:
-        print(f"✅ {name}: {value:.6g} is right.")
+        print(f"✔ {name}: {value:.6g} is right.")
     else:
-        print(f"❌ {name}: {value:.6g} is not it." + (f" Hint: {hint}" if hint else ""))
+        print(f"✘ {name}: {value:.6g} is not it." + (f" Hint: {hint}" if hint else ""))
     return ok

@@ -60,7 +60,7 @@ def ledger_html(records) -> str:
             f"<tr class='{'ok' if c['reproduced'] else 'miss'}'><td>{html.escape(c['id'])}</td>"
             f"<td>{html.escape(c['text'])}</td><td>{html.escape(c['display'])}</td>"
             f"<td>{html.escape(c['threshold'])}</td>"
-            f"<td>{'✅ yes' if c['reproduced'] else ('❌ no' if c['gating'] else '⚠️ no')}</td>"
+            f"<td>{'✔ yes' if c['reproduced'] else ('✘ no' if c['gating'] else '⚠ no')}</td>"
             f"<td>{'gating' if c['gating'] else 'reported'}</td><td>{html.escape(c['paper'])}</td></tr>"
             for c in record["claims"])
         parts.append("<table class='lab-ledger'><thead><tr><th>claim</th><th>statement</th><th>measured</th>"
@@ -75,8 +75,16 @@ def fill_ledger(app, doctree, docname):
         node.replace_self(nodes.raw("", ledger_html(load_results()), format="html"))
 
 
-def always_reread_ledger(app, env, added, changed, removed):
-    return [doc for doc, meta in env.metadata.items() if meta.get("lab_ledger")]
+def docs_to_reread(app, env, added, changed, removed):
+    """The ledger page on every build; every notebook when the source of ``lab`` has changed
+    (Sphinx tracks only the notebook files, and their outputs depend on ``lab`` too)."""
+    from .book import lab_source_hash
+    docs = [doc for doc, meta in env.metadata.items() if meta.get("lab_ledger")]
+    current = lab_source_hash()
+    if getattr(env, "lab_source_hash", None) != current:
+        env.lab_source_hash = current
+        docs += [doc for doc in env.found_docs if str(env.doc2path(doc)).endswith(".ipynb")]
+    return docs
 
 
 def setup(app):
@@ -84,6 +92,6 @@ def setup(app):
     app.add_directive("lab-chapters", ChaptersDirective)
     app.add_directive("lab-ledger", LedgerDirective)
     app.connect("doctree-resolved", fill_ledger)
-    app.connect("env-get-outdated", always_reread_ledger)
+    app.connect("env-get-outdated", docs_to_reread)
     app.add_css_file("lab.css")
     return {"version": "0.1", "parallel_read_safe": True, "parallel_write_safe": True}

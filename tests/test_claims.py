@@ -7,7 +7,8 @@ from lab.claims import ClaimFailed, ClaimsTable, Ledger, load_results
 
 def test_gating_claim_passes_is_recorded_and_published(tmp_path):
     ledger = Ledger("mode-interpolation", "tiny", 0, results_dir=tmp_path)
-    claim = ledger.check("C1", "a fraction", 0.004, at_least=0.001, at_most=0.03, fmt="{:.2%}")
+    ledger.check("C1", "a fraction", 0.004, at_least=0.001, at_most=0.03, fmt="{:.2%}")
+    claim = ledger.claims[-1]
     assert claim.reproduced and claim.display == "0.40%" and claim.threshold == "≥ 0.10% and ≤ 3.00%"
     staged = json.loads((tmp_path / ".staging" / "mode-interpolation.json").read_text())
     assert staged["complete"] is False and len(staged["claims"]) == 1
@@ -29,7 +30,8 @@ def test_gating_claim_that_misses_raises_and_reported_does_not(tmp_path):
     ledger = Ledger("mode-interpolation", "tiny", 2, results_dir=tmp_path)
     with pytest.raises(ClaimFailed, match="C3 did not reproduce.*seed 2"):
         ledger.check("C3", "auroc", 0.85, at_least=0.9)
-    reported = ledger.check("C4p", "removal", 0.9, at_least=0.95, gating=False)
+    ledger.check("C4p", "removal", 0.9, at_least=0.95, gating=False)
+    reported = ledger.claims[-1]
     assert not reported.reproduced and not reported.gating
     staged = json.loads((tmp_path / ".staging" / "mode-interpolation.json").read_text())
     assert [c["reproduced"] for c in staged["claims"]] == [False, False]
@@ -37,7 +39,8 @@ def test_gating_claim_that_misses_raises_and_reported_does_not(tmp_path):
 
 def test_nan_never_reproduces(tmp_path):
     ledger = Ledger("mode-interpolation", "tiny", 0, results_dir=tmp_path)
-    assert not ledger.check("X", "nan", float("nan"), at_most=1.0, gating=False).reproduced
+    ledger.check("X", "nan", float("nan"), at_most=1.0, gating=False)
+    assert not ledger.claims[-1].reproduced
 
 
 def test_a_new_run_discards_stale_staging(tmp_path):

@@ -39,8 +39,10 @@ def chapter_dom():
 
 def test_chapter_page_shows_figures_claims_and_explorers(chapter_dom):
     assert "Where diffusion models" in chapter_dom
-    figures = re.findall(r"<img[^>]+src=\"data:image/png;base64,", chapter_dom)
-    assert len(figures) >= 4, "the chapter's figures are missing"
+    figures = re.findall(r"<img[^>]+src=\"[^\"]*_images/[^\"]+\.png\"", chapter_dom)
+    assert len(figures) >= 3, "the chapter's figures are missing"
+    for name in re.findall(r"_images/([^\"]+\.png)", chapter_dom):
+        assert (HTML / "_images" / name).stat().st_size > 5_000, name
     explorers = re.findall(r"<div class=\"lab-explorer\" id=\"(lx\w+)\"", chapter_dom)
     assert len(explorers) == 3
     assert chapter_dom.count('type="range"') >= 5        # 1 + 2 + 2 sliders

@@ -196,3 +196,15 @@ def recursive_figure(studies: dict):
     a1.legend(frameon=False)
     stamp(fig, studies["scale"], studies["seed"], f"recorded {studies['recorded']}")
     return fig
+
+
+def show_studies(studies) -> None:
+    """Display the larger-scale results: the grids and recursive-training figures, or the notice
+    that they await a run at that scale."""
+    from IPython.display import display
+    if isinstance(studies, mi.Pending):
+        display(studies)
+        return
+    display(grids_figure(studies))
+    if studies.get("recursive"):
+        display(recursive_figure(studies))
