@@ -4,14 +4,15 @@ from __future__ import annotations
 import math
 
 
-def check(name: str, answer, expected: float, *, rel: float = 1e-3, abs_tol: float = 0.0, hint: str = "") -> bool:
-    """Print whether `answer` matches `expected` (within rel/abs tolerance) and return it.
+def check(name: str, answer, expected: float, *, rel: float = 1e-3, abs_tol: float = 0.0,
+          hint: str = "") -> None:
+    """Print whether `answer` matches `expected` (within rel/abs tolerance).
 
     An answer left as ``None`` is reported as not attempted, so the notebook still runs top to bottom.
     """
     if answer is None:
         print(f"◻ {name}: not answered yet — replace None with your answer and run the cell again.")
-        return False
+        return
     try:
         value = float(answer)
     except (TypeError, ValueError):
@@ -21,4 +22,3 @@ def check(name: str, answer, expected: float, *, rel: float = 1e-3, abs_tol: flo
         print(f"✔ {name}: {value:.6g} is right.")
     else:
         print(f"✘ {name}: {value:.6g} is not it." + (f" Hint: {hint}" if hint else ""))
-    return ok
