@@ -62,6 +62,11 @@ def cmd_run(chapter_id: str, scale: str | None, seed: int | None, timeout: int) 
                       LAB_RUN_ID=run_id)
     os.environ.setdefault("LAB_EXPLORERS", "static")
     print(f"running {chapter.id} at scale {scale}, seed {seed}; results in {results}", flush=True)
+    if scale != "tiny":
+        import torch
+        if not torch.cuda.is_available():
+            print(f"warning: scale {scale} without a CUDA GPU runs on the CPU and may take hours",
+                  file=sys.stderr, flush=True)
     started = time.time()
     failure = None
     try:

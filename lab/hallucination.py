@@ -253,7 +253,7 @@ PRESETS = {
     "gpu": ChapterConfig(
         line=ToyConfig(**_OFFICIAL, n_samples=100_000, sample_batch=50_000), line_gating=False,
         grids=_GRID, grid_steps_long=60_000,
-        recursive=RecursiveConfig(dataclasses.replace(_GRID, n_data=20_000, n_samples=22_500).with_steps(10_000)),
+        recursive=RecursiveConfig(dataclasses.replace(_GRID, n_data=20_000, n_samples=22_500).with_steps(5_000)),
         minutes=20.0),
     "paper": ChapterConfig(
         line=ToyConfig(**_OFFICIAL, n_samples=100_000, sample_batch=50_000), line_gating=False,

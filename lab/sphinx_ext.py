@@ -47,12 +47,14 @@ def ledger_html(records) -> str:
     ok = sum(c["reproduced"] for r in records for c in r["claims"])
     parts = [f"<p><b>{ok} of {total}</b> recorded claims reproduced, across "
              f"{len(records)} of {len(CHAPTERS)} chapters.</p>"]
+    to_come = [html.escape(c.title) for c in CHAPTERS if not c.ready and c.id not in by_id]
     for chapter in CHAPTERS:
         record = by_id.get(chapter.id)
+        if record is None and not chapter.ready:
+            continue
         title = _chapter_link(chapter) if chapter.ready else html.escape(chapter.title)
         if record is None:
-            status = "not run in this build" if chapter.ready else "chapter to come"
-            parts.append(f"<h3>{title}</h3><p><i>{status}</i></p>")
+            parts.append(f"<h3>{title}</h3><p><i>not run in this build</i></p>")
             continue
         parts.append(f"<h3>{title}</h3><p>scale <code>{record['scale']}</code> · seed {record['seed']} · "
                      f"{html.escape(record['finished'])} · {record['wall_s']:.0f} s</p>")
@@ -66,6 +68,8 @@ def ledger_html(records) -> str:
         parts.append("<table class='lab-ledger'><thead><tr><th>claim</th><th>statement</th><th>measured</th>"
                      "<th>threshold</th><th>reproduced</th><th>kind</th><th>paper</th></tr></thead>"
                      f"<tbody>{rows}</tbody></table>")
+    if to_come:
+        parts.append(f"<p class='lab-to-come'><b>Chapters to come:</b> {'; '.join(to_come)}.</p>")
     return "\n".join(parts)
 
 

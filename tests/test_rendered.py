@@ -61,7 +61,7 @@ def test_no_page_loads_scripts_from_a_cdn():
 def test_ledger_page_lists_the_chapter_claims():
     page = HTML / "book" / "ledger.html"
     dom = browse(page, "--dump-dom").stdout
-    assert "lab-ledger" in dom and "C1" in dom and "chapter to come" in dom
+    assert "lab-ledger" in dom and "C1" in dom and "Chapters to come" in dom
 
 
 def test_chapter_page_screenshot_is_not_blank(tmp_path):
