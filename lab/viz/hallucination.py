@@ -110,7 +110,7 @@ def trajectory_explorer(samples, analysis: "mi.Analysis", scale: str, seed: int)
     """Pick a sample: its x̂0 over the last reverse steps, the window K, and its Hal."""
     path = samples.x0_path[:, :, 0].numpy()
     R = path.shape[1]
-    picks = pick_examples(analysis, seed=seed)
+    picks = pick_examples(analysis, n=4, seed=seed)
     labels = [f"{'H' if analysis.hallucinated[i] else 'ok'}-{i}" for i in picks]
     index = dict(zip(labels, picks))
     t_axis = np.arange(R - 1, -1, -1)
