@@ -81,6 +81,9 @@ def landscape_explorer(model, mixture, schedule, samples, analysis, scale: str, 
     def render(t):
         exact, learned = curves[t]
         fig, ax = figure(width=7.5, height=3.2)
+        gap = np.abs(learned - exact) > 2 * mixture.sigma      # where the network's ramp departs
+        ax.fill_between(grid, 0.5, 3.5, where=gap, color=PALETTE["halluc"], alpha=0.08, lw=0,
+                        label="learned off the exact curve by > 2σ")
         ax.plot(grid, exact, color=PALETTE["oracle"], lw=2, label="exact E[x₀|x_t]")
         ax.plot(grid, learned, color=PALETTE["learned"], lw=1.5, ls="--", label="learned x̂₀(x_t)")
         if len(born_h):
