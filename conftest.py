@@ -12,6 +12,12 @@ import json
 
 import pytest
 
+
+def pytest_configure(config):
+    # the tests' tensors are small: one thread is faster on a shared small CPU (measured)
+    import torch
+    torch.set_num_threads(1)
+
 WIDGET_STATE = ("import json as _j, ipywidgets as _w\n"
                 "print(_j.dumps(_w.Widget.get_manager_state(drop_defaults=True)))")
 
