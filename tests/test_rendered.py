@@ -49,6 +49,7 @@ def test_chapter_page_shows_figures_claims_and_explorers(chapter_dom):
     assert "lab-claims" in chapter_dom and "C5r" in chapter_dom
     assert "Traceback" not in chapter_dom
     assert "Awaiting a gpu-scale run" in chapter_dom or "recorded" in chapter_dom
+    assert "colab.research.google.com/github/" in chapter_dom          # the launch button
 
 
 def test_no_page_loads_scripts_from_a_cdn():
