@@ -220,28 +220,24 @@ MESSAGE_ALPHABET = string.ascii_lowercase + " .,!?'"
 
 @dataclasses.dataclass
 class StegoDemo:
-    """The two language models of the demo: a message prior and a covertext model."""
+    """The two language models of the demo: a message prior and a covertext model. Each has
+    ``encode``/``decode`` and ``with_length`` (the same model over a given number of tokens)."""
     message_lm: object
     cover_lm: object
-    message_length: int
-
-    def encode_message(self, text: str) -> tuple[int, ...]:
-        return self.message_lm.encode(text)
 
 
-def demo_models(cfg: DemoConfig, message_length: int | None = None) -> StegoDemo:
+def demo_models(cfg: DemoConfig) -> StegoDemo:
     """n-gram models fitted on the Zen of Python (``ngram``) or GPT-2 for both (``gpt2``)."""
-    length = len(cfg.message) if message_length is None else _check.integer("message_length", message_length, low=1)
-    if cfg.lm == "gpt2":
-        message_lm = textlm.gpt2(length, top_k=2000)
-        cover_lm = textlm.gpt2(max(cfg.cover_lengths), top_k=50)
-        return StegoDemo(_GPT2Text(message_lm), _GPT2Text(cover_lm), length)
+    lm = _check.choice("cfg.lm", cfg.lm, ("ngram", "gpt2"))
+    if lm == "gpt2":
+        return StegoDemo(_GPT2Text(textlm.gpt2(1, top_k=2000)),
+                         _GPT2Text(textlm.gpt2(max(cfg.cover_lengths), top_k=50)))
     text = textlm.zen_text()
-    message_lm = textlm.NGramLM(text, unit="char", order=cfg.message_order, length=length,
+    message_lm = textlm.NGramLM(text, unit="char", order=cfg.message_order, length=1,
                                 smoothing=0.05, vocab=MESSAGE_ALPHABET)
     cover_lm = textlm.NGramLM(text, unit="word", order=cfg.cover_order, length=max(cfg.cover_lengths),
                               smoothing=0.01, top_k=cfg.cover_top_k)
-    return StegoDemo(message_lm, cover_lm, length)
+    return StegoDemo(message_lm, cover_lm)
 
 
 class _GPT2Text:
@@ -287,21 +283,23 @@ def stego_roundtrip(demo: StegoDemo, message: str, cover_tokens: int, prior: str
     uniform prior on every character). A message outside the prior's support is a ValueError."""
     prior = _check.choice("prior", prior, ("correct", "uniform"))
     cover_tokens = _check.integer("cover_tokens", cover_tokens, low=1)
-    x = demo.encode_message(message)
-    if len(x) != demo.message_length:
-        raise ValueError(f"message must have {demo.message_length} tokens for this prior; got {len(x)}")
-    if mec.sequence_log_prob(demo.message_lm, x) == mec.NEG_INF:
+    x = demo.message_lm.encode(message)
+    if not x:
+        raise ValueError("message must hold at least one token")
+    message_lm = demo.message_lm.with_length(len(x))
+    if mec.sequence_log_prob(message_lm, x) == mec.NEG_INF:
         raise ValueError("message is outside the support of the message prior")
     cover = demo.cover_lm.with_length(cover_tokens)
     if prior == "correct":
-        imec = mec.ARIMEC(demo.message_lm, cover)
+        imec = mec.ARIMEC(message_lm, cover)
     else:
-        imec = mec.FIMEC([uniform(demo.message_lm.branching)] * len(x), cover)
+        imec = mec.FIMEC([uniform(message_lm.branching)] * len(x), cover)
     rng = np.random.default_rng(_check.integer("seed", seed))
     y, _ = imec.sample_y_given_x(x, rng)
     x_hat, _ = imec.estimate_x_given_y(y)
     text_hat = demo.message_lm.decode(x_hat)
-    nats = -mec.sequence_log_prob(demo.message_lm, x) if prior == "correct" else len(x) * math.log(demo.message_lm.branching)
+    nats = (-mec.sequence_log_prob(message_lm, x) if prior == "correct"
+            else len(x) * math.log(message_lm.branching))
     per_token = _entropy_rate(cover, np.random.default_rng(0))
     return Roundtrip(message, prior, cover_tokens, demo.cover_lm.decode(y), text_hat,
                      tuple(x_hat) == tuple(x), nats, per_token)
