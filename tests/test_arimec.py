@@ -124,3 +124,24 @@ def test_explorers_render_one_frame_each():
         for values in explorer.params.values():
             n *= len(values)
         assert n <= 120
+
+
+class CharTokenizer:
+    """A stand-in for GPT-2's tokenizer over the letters a–e."""
+
+    def encode(self, text):
+        return ["abcde".index(c) for c in text]
+
+    def decode(self, ids):
+        return "".join("abcde"[i] for i in ids)
+
+
+def test_the_gpt2_path_runs_on_a_local_stand_in():
+    prior = textlm.TorchLM(TinyLM(), 5, length=1, top_k=4)
+    cover = textlm.TorchLM(TinyLM(), 5, length=30)
+    prior.tokenizer = cover.tokenizer = CharTokenizer()
+    demo = am.StegoDemo(am._GPT2Text(prior), am._GPT2Text(cover))
+    secret = max(("ab", "ba", "aa", "bb"), key=lambda s: mec.sequence_log_prob(
+        demo.message_lm.with_length(2), CharTokenizer().encode(s)))
+    r = am.stego_roundtrip(demo, secret, 30, "correct", seed=0)
+    assert r.exact and r.decoded == secret and len(r.covertext) == 30

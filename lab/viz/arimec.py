@@ -124,8 +124,9 @@ def imec_stepper(scale: str, seed: int) -> Explorer:
         s = steps[min(step, len(steps) - 1)]
         fig, axes = figure(ncols=3, width=11, height=3.3, gridspec_kw={"width_ratios": [1.1, 1.2, 1.4]})
         labels = _partition_label(method, s.handle, len(s.blocks))
-        axes[0].bar(range(len(s.blocks)), s.blocks, color="#bbbbbb", label="before")
-        axes[0].bar(range(len(s.blocks)), s.posterior_blocks, color=PALETTE["in"], alpha=0.6, label="after")
+        pos = np.arange(len(s.blocks))
+        axes[0].bar(pos - 0.2, s.blocks, 0.4, color="#bbbbbb", label="before")
+        axes[0].bar(pos + 0.2, s.posterior_blocks, 0.4, color=PALETTE["in"], label="after")
         axes[0].set_xticks(range(len(s.blocks)), labels, rotation=45, fontsize=7)
         axes[0].set(title=f"chosen partition (H = {mec.entropy(s.blocks):.2f})", ylim=(0, 1))
         axes[0].legend(frameon=False, fontsize=7)
@@ -190,7 +191,7 @@ def merge_figure(result: "am.MergeResult", scale: str, seed: int):
     ax.axhline(lo, color="k", ls=":", lw=1, label=f"max(H(X), H(Y)) = {lo:.2f}")
     ax.axhline(hi, color="k", ls="--", lw=1, label=f"H(X) + H(Y) = {hi:.2f}")
     ax.set_xticks(range(len(ks)), [f"k = {k}\n({round(2 ** (8 / k))}-ary)" for k in ks])
-    ax.set(ylabel="Ĥ(X, Y) (nats)", ylim=(lo - 1, hi + 0.3),
+    ax.set(ylabel="Ĥ(X, Y) (nats)", ylim=(lo - 1, hi + 1.4),
            title="FIMEC on 8 uniform bits written as k components (±2 s.e.)")
     ax.legend(frameon=False, fontsize=7, ncol=2, loc="upper left")
     stamp(fig, scale, seed, f"{len(next(iter(result.nll.values())))} draws per bar")
@@ -218,19 +219,19 @@ def merge_explorer(result: "am.MergeResult", scale: str, seed: int) -> Explorer:
 
 
 def stego_figure(result: "am.StegoResult", scale: str, seed: int):
-    fig, axes = figure(ncols=len(result.worlds), width=4 * len(result.worlds), height=3, sharey=True)
+    fig, axes = figure(ncols=len(result.worlds), width=4 * len(result.worlds), height=3.3, sharey=True)
     axes = np.atleast_1d(axes)
     for ax, world in zip(axes, result.worlds):
         for method, colour in METHOD_COLOURS.items():
             ax.plot(result.lengths, [result.error(world, method, L) for L in result.lengths], "o-",
                     color=colour, label=method)
         need = [result.h_x[world] / result.h_y_per_token[world], result.h_uniform / result.h_y_per_token[world]]
-        for n, colour in zip(need, METHOD_COLOURS.values()):
-            ax.axvline(n, color=colour, ls=":", lw=1)
+        for n, (method, colour) in zip(need, METHOD_COLOURS.items()):
+            ax.axvline(n, color=colour, ls=":", lw=1, label=f"H(prior) / H(Y per token), {method}")
         ax.set(xlabel="covertext length L (tokens)", title=f"world {world}: H(X) = {result.h_x[world]:.2f}")
     axes[0].set_ylabel("message error rate")
-    axes[0].legend(frameon=False, fontsize=8)
-    stamp(fig, scale, seed, "dotted: H(prior) / H(Y) per token")
+    axes[0].legend(frameon=False, fontsize=7)
+    stamp(fig, scale, seed, f"{len(result.worlds)} worlds")
     return fig
 
 
