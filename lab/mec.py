@@ -55,7 +55,7 @@ def entropy(p) -> float:
     """Shannon entropy in nats; entries close to 0 count as 0 (as the reference code does)."""
     p = np.asarray(p, dtype=np.float64).ravel()
     p = p[~np.isclose(p, 0)]
-    return float(-(p * np.log(p)).sum())
+    return 0.0 - float((p * np.log(p)).sum())   # 0.0 − 0.0 avoids printing −0.00
 
 
 def entropy_upper_bound(z, n: int) -> np.ndarray:
@@ -135,10 +135,10 @@ def _greedy_cells(ps: list[np.ndarray]) -> tuple[list[tuple], list[float]]:
     heaps: list[list] = [[] for _ in range(m)]
     cells, masses = [], []
     pop, push = heapq.heappop, heapq.heappush
-    rng = range(m)
+    ks = range(m)
     top_v, top_i, top_src = [0.0] * m, [0] * m, [False] * m
     while True:
-        for k in rng:
+        for k in ks:
             h, j = heaps[k], ptr[k]
             ov = vals[k][j] if j < lens[k] else 0.0
             if h and (-h[0][0] > ov or (-h[0][0] == ov and h[0][1] < idxs[k][j])):
@@ -150,7 +150,7 @@ def _greedy_cells(ps: list[np.ndarray]) -> tuple[list[tuple], list[float]]:
             break
         cells.append(tuple(top_i))
         masses.append(delta)
-        for k in rng:
+        for k in ks:
             if top_src[k]:
                 pop(heaps[k])
             else:

@@ -150,8 +150,10 @@ def imec_stepper(scale: str, seed: int) -> Explorer:
         axes[2].bar(range(len(xs)), post, color=colours)
         axes[2].set_xticks(range(len(xs)), [_as_bits(method, v) for v in xs], rotation=45, fontsize=7)
         axes[2].set(ylim=(0, 1), title=f"posterior over messages: {mec.entropy(post):.2f} nats left to send")
+        searched = getattr(s.posterior, "searched_per_step", None)
+        search = f" · search evaluated {searched[-1]} node(s)" if searched else ""
         fig.suptitle(f"{method} · message {''.join(map(str, message))} · round {step + 1}/{len(steps)} "
-                     f"(covertext token {s.token_index + 1}) · covertext {list(y)}", fontsize=9)
+                     f"(covertext token {s.token_index + 1}) · covertext {list(y)}{search}", fontsize=9)
         stamp(fig, scale, seed)
         return fig
 
@@ -180,7 +182,7 @@ def _same(method, v, x) -> bool:
 # ---------------------------------------------------------------------------------------------
 def merge_figure(result: "am.MergeResult", scale: str, seed: int):
     ks = sorted({k for k, _ in result.nll})
-    fig, ax = figure(width=7, height=3)
+    fig, ax = figure(width=7, height=3.4)
     w = 0.38
     for off, merge, colour in ((-w / 2, True, PALETTE["learned"]), (w / 2, False, PALETTE["accent"])):
         means = [result.mean(k, merge) for k in ks]
