@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from lab.chapters import CHAPTERS
+
 pytestmark = pytest.mark.rendered
 HTML = Path(__file__).resolve().parent.parent / "_build" / "html"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -50,6 +52,22 @@ def test_chapter_page_shows_figures_claims_and_explorers(chapter_dom):
     assert "Traceback" not in chapter_dom
     assert "Awaiting a gpu-scale run" in chapter_dom or "recorded" in chapter_dom
     assert "colab.research.google.com/github/" in chapter_dom          # the launch button
+
+
+READY = [c.id for c in CHAPTERS if c.ready]
+
+
+@pytest.mark.parametrize("chapter", READY)
+def test_every_chapter_page_renders_its_results(chapter):
+    page = HTML / "book" / f"{chapter}.html"
+    assert page.exists(), f"{page} is missing"
+    dom = browse(page, "--virtual-time-budget=5000", "--dump-dom").stdout
+    figures = re.findall(r"<img[^>]+src=\"[^\"]*_images/[^\"]+\.png\"", dom)
+    explorers = re.findall(r"<div class=\"lab-explorer\"", dom)
+    assert figures and explorers, "figures and explorers must show in the page"
+    assert "lab-claims" in dom, "the claims table is missing"
+    assert "Traceback" not in dom, "a cell failed while the page was executed"
+    assert "colab.research.google.com/github/" in dom
 
 
 def test_no_page_loads_scripts_from_a_cdn():
