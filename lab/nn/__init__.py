@@ -1,4 +1,5 @@
 """Small models shared by the chapters."""
 from .denoiser import Decoder, TemporalLayer, timestep_embedding
+from .residual import ResidualMLP
 
-__all__ = ["Decoder", "TemporalLayer", "timestep_embedding"]
+__all__ = ["Decoder", "ResidualMLP", "TemporalLayer", "timestep_embedding"]
