@@ -438,17 +438,33 @@ class RingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DigitsConfig:
+    """Provisional `gpu` settings (not yet calibrated on a GPU; claims are reported until then)."""
+    base: int = 64
+    mults: tuple[int, ...] = (1, 2, 2)
+    dropout: float = 0.1
+    batch: int = 256
+    pretrain: TrainConfig = TrainConfig(steps=30_000, lr=2e-4, ema=0.999, checkpoint_every=5000)
+    tune: TrainConfig = TrainConfig(steps=12_000, lr=2e-4, ema=0.999, checkpoint_every=3000)
+    ect: ECTConfig = ECTConfig(stage_steps=2000)
+    classifier: TrainConfig = TrainConfig(steps=1500, lr=1e-3)
+    t_mid: float = 0.821
+    gating: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class ChapterConfig:
     ring: RingConfig
     e4_gating: bool          # does "2-step ECT ≈ 35-step diffusion" reproduce at this scale?
-    digits: "object | None" = None   # the gpu-scale image study (lab.ect_digits.DigitsConfig)
+    digits: DigitsConfig | None = None   # the image study (lab.ect_digits), gpu scale
     minutes: float = 3.0
 
 
 PRESETS = {
     "tiny": ChapterConfig(RingConfig(), e4_gating=False, minutes=2.5),
     "gpu": ChapterConfig(RingConfig(tune=TrainConfig(steps=6000, lr=5e-4, ema=0.999),
-                                    ect=ECTConfig(stage_steps=750)), e4_gating=True, minutes=20.0),
+                                    ect=ECTConfig(stage_steps=750)), e4_gating=True,
+                         digits=DigitsConfig(), minutes=20.0),
     "paper": ChapterConfig(RingConfig(tune=TrainConfig(steps=6000, lr=5e-4, ema=0.999),
                                       ect=ECTConfig(stage_steps=750)), e4_gating=True, minutes=60.0),
 }
@@ -714,7 +730,7 @@ def tuning_cost(ect_curve: dict[int, float], scratch_curve: dict[int, float], ec
     return TuningCost(target, scratch_steps, reached, seconds, float(scratch_seconds), float(pretrain_seconds))
 
 
-PLAYGROUND_T_MID = (0.1, 0.15, 0.22, 0.33, 0.5, 0.821, 1.1, 1.6, 2.4, 3.6, 5.4, 8.0)
+PLAYGROUND_T_MID = (0.1, 0.18, 0.3, 0.5, 0.821, 1.3, 2.0, 3.2, 5.0, 8.0)
 
 
 def playground(model: EDMPrecond, dm: EDMPrecond, reference, cfg: RingConfig, seed: int,

@@ -38,20 +38,23 @@ def in_mode_precision(x, mixture, n_sigma: float = 4.0) -> float:
     return float((mixture.nearest_mode_distance(x) <= n_sigma * mixture.sigma).mean())
 
 
-def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh((a + a.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+def _sqrtm_psd(a):
+    import torch
+    w, v = torch.linalg.eigh((a + a.T) / 2)
+    return (v * w.clamp(min=0).sqrt()) @ v.T
 
 
 def frechet_distance(x, y) -> float:
     """‖μx − μy‖² + tr(Σx + Σy − 2(Σx^½ Σy Σx^½)^½): the Fréchet distance between Gaussians fitted
-    to two sets of features (rows are samples). The form via Σx^½ keeps every square root symmetric."""
-    x = _check.array("x", x, ndim=2, min_len=2)
-    y = _check.array("y", y, ndim=2, min_len=2)
+    to two sets of features (rows are samples). The form via Σx^½ keeps every square root symmetric.
+    Computed with torch in float64 (NumPy's threaded LAPACK was slow on a busy small CPU)."""
+    import torch
+    x = torch.from_numpy(_check.array("x", x, ndim=2, min_len=2))
+    y = torch.from_numpy(_check.array("y", y, ndim=2, min_len=2))
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y must have the same number of features; got {x.shape[1]} and {y.shape[1]}")
     mx, my = x.mean(0), y.mean(0)
-    cx, cy = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
+    cx, cy = torch.atleast_2d(torch.cov(x.T)), torch.atleast_2d(torch.cov(y.T))
     root_x = _sqrtm_psd(cx)
     cross = _sqrtm_psd(root_x @ cy @ root_x)
-    return float(((mx - my) ** 2).sum() + np.trace(cx) + np.trace(cy) - 2 * np.trace(cross))
+    return float(((mx - my) ** 2).sum() + cx.trace() + cy.trace() - 2 * cross.trace())

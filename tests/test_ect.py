@@ -312,3 +312,53 @@ def test_ect_learns_the_exact_consistency_function_of_gaussian_data():
         exact, denoiser = s / math.sqrt(s ** 2 + t ** 2), s ** 2 / (s ** 2 + t ** 2)
         assert abs(slope - exact) < 0.05, (t, slope, exact)
         assert abs(slope - exact) < 0.5 * abs(slope - denoiser), (t, slope, exact, denoiser)
+
+
+# -- the gpu-scale digits study, on a stand-in (scikit-learn is not needed) ----------------------
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)          # small convolutions: far faster on one thread of a busy CPU
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_digits_study_runs_end_to_end_on_a_stand_in(one_thread):
+    import dataclasses
+    from lab import ect_digits
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(48) % 2
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    blob = torch.exp(-((xx - 5) ** 2 + (yy - 8) ** 2) / 8)
+    images = torch.stack([blob if c == 0 else blob.flip(1) for c in labels])[:, None] * 2 - 1
+    images = images + 0.05 * torch.randn(images.shape, generator=g)
+    tiny = dataclasses.replace(ect.DigitsConfig(), base=8, mults=(1, 2), batch=8,
+                               pretrain=TrainConfig(steps=3), tune=TrainConfig(steps=4, ema=0.9),
+                               ect=ect.ECTConfig(stage_steps=2), classifier=TrainConfig(steps=3))
+    out = ect_digits.study(tiny, images, labels, seed=0, checkpoints=False)
+    assert set(out["rows"]) == {("diffusion", "1-step"), ("diffusion", "heun"), ("ECT", "1-step"),
+                                ("ECT", "2-step"), ("CT from scratch", "1-step"), ("CT from scratch", "2-step")}
+    assert all(np.isfinite(r["fd"]) and 0 <= r["confident"] <= 1 for r in out["rows"].values())
+    assert sorted(out["ect_curve"]) == [2, 4]
+    with pytest.raises(ValueError, match="images must be finite"):
+        ect_digits.study(tiny, images * float("nan"), labels, seed=0, checkpoints=False)
+
+
+def test_digits_loader_names_the_missing_package():
+    from lab import ect_digits
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install scikit-learn"):
+            ect_digits.load_digits()
+    else:
+        images, labels = ect_digits.load_digits()
+        assert images.shape == (1797, 1, 16, 16) and float(images.min()) >= -1 and float(images.max()) <= 1
+
+
+def test_cifar10_recipe_is_documented_and_fails_clearly_offline():
+    recipe = ect.cifar10_recipe("1hour", check_online=False)
+    assert recipe["q"] == 256 and recipe["lr"] == 1e-4 and recipe["ema"] == 0.9993
+    assert ect.r_of_t(1.0, 0, q=recipe["q"]) == pytest.approx(ect.r_of_t(1.0, 7, q=2))
+    with pytest.raises(ValueError, match="name must be one of"):
+        ect.cifar10_recipe("imagenet", check_online=False)

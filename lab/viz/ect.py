@@ -106,7 +106,7 @@ def mapping_explorer() -> Explorer:
 
 
 # -- explorer 2: the few-step sampler ------------------------------------------------------------------
-def playground_explorer(grid: dict, heun_swd: float, mixture, scale: str, seed: int, n_show: int = 1500) -> Explorer:
+def playground_explorer(grid: dict, heun_swd: float, mixture, scale: str, seed: int, n_show: int = 1000) -> Explorer:
     """Steps × t_mid: the tuned model's samples and SWD against the diffusion model's Euler sampler
     at the same number of network calls (and its 35-call Heun sampler)."""
     steps = sorted(grid["euler"])
@@ -135,3 +135,20 @@ def playground_explorer(grid: dict, heun_swd: float, mixture, scale: str, seed: 
     steps_list = steps
     return Explorer(render, {"steps": steps, "t_mid": t_mids}, title="Few-step sampling: steps and t_mid",
                     defaults={"steps": 2, "t_mid": 0.821} if 0.821 in t_mids and 2 in steps else None)
+
+
+def digits_figure(result, scale: str, seed: int, per_row: int = 12):
+    """Samples of the image study, one row per (model, sampler), with FD and confidence; a pending
+    study (this scale does not run it) is returned as it is, to show its note."""
+    if not isinstance(result, dict):
+        return result
+    rows = result["rows"]
+    fig, axes = figure(nrows=len(rows), width=9, height=0.95 * len(rows) + 0.4)
+    for ax, ((name, sampler), row) in zip(np.atleast_1d(axes), rows.items()):
+        x = row["samples"][:per_row, 0].numpy()
+        ax.imshow(np.concatenate(list(x), axis=1), cmap="gray_r", vmin=-1, vmax=1)
+        ax.set(xticks=[], yticks=[])
+        ax.set_title(f"{name}, {sampler} (NFE {row['nfe']}): FD {row['fd']:.2f}, "
+                     f"confident {row['confident']:.2f}", fontsize=8, loc="left")
+    stamp(fig, scale, seed)
+    return fig
