@@ -658,9 +658,12 @@ class Table:
     def _cells(self):
         return [(r.model, r.sampler, str(r.nfe), f"{r.swd:.3f}", f"{r.precision:.3f}") for r in self.rows]
 
-    def _repr_markdown_(self) -> str:
-        lines = ["| " + " | ".join(self.HEAD) + " |", "|" + "---|" * len(self.HEAD)]
-        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in self._cells()])
+    def _repr_html_(self) -> str:
+        import html
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.HEAD)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+                       for cells in self._cells())
+        return f"<table class='lab-results'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
     def __repr__(self) -> str:
         cells = [self.HEAD] + self._cells()
@@ -714,10 +717,12 @@ class TuningCost:
     def __str__(self) -> str:
         if self.ect_steps is None:
             return (f"ECT did not reach scratch's 2-step SWD {self.target_swd:.3f} within its budget")
-        return (f"ECT reaches scratch's final 2-step SWD {self.target_swd:.3f} after {self.ect_steps} of "
-                f"{self.scratch_steps} steps: {self.step_ratio:.2f}× the iterations, "
-                f"{self.time_ratio:.2f}× the wall time ({self.ect_seconds:.0f} s vs {self.scratch_seconds:.0f} s); "
-                f"{self.total_time_ratio:.2f}× counting pretraining ({self.pretrain_seconds:.0f} s)")
+        return (f"ECT reaches scratch's final 2-step SWD {self.target_swd:.3f} after {self.ect_steps} "
+                f"of {self.scratch_steps} steps:\n"
+                f"  {self.step_ratio:.2f}x the iterations, {self.time_ratio:.2f}x the wall time "
+                f"({self.ect_seconds:.0f} s vs {self.scratch_seconds:.0f} s);\n"
+                f"  {self.total_time_ratio:.2f}x the wall time counting pretraining "
+                f"({self.pretrain_seconds:.0f} s)")
 
 
 def tuning_cost(ect_curve: dict[int, float], scratch_curve: dict[int, float], ect_seconds: float,

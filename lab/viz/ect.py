@@ -54,14 +54,15 @@ def curves_figure(curves: dict, heun_swd: float, scale: str, seed: int):
 
 
 def loss_figure(losses: dict, scale: str, seed: int):
-    """Training losses (smoothed) of the runs; `losses` maps a label to a tensor."""
+    """Training losses (smoothed) of the runs; `losses` maps a label to a tensor. A consistency
+    loss is not comparable across stages: its weight 1/(t − r) grows as the gap shrinks."""
     fig, axes = figure(ncols=len(losses), width=3.3 * len(losses), height=2.6)
     for ax, (label, loss) in zip(np.atleast_1d(axes), losses.items()):
         loss = loss.numpy()
         window = max(1, len(loss) // 60)
         smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
         ax.plot(np.arange(len(smooth)) + window // 2, smooth, color=PALETTE["learned"])
-        ax.set(yscale="log", xlabel="step", title=label)
+        ax.set(xlabel="step", title=label)
     stamp(fig, scale, seed)
     return fig
 
