@@ -362,3 +362,15 @@ def test_cifar10_recipe_is_documented_and_fails_clearly_offline():
     assert ect.r_of_t(1.0, 0, q=recipe["q"]) == pytest.approx(ect.r_of_t(1.0, 7, q=2))
     with pytest.raises(ValueError, match="name must be one of"):
         ect.cifar10_recipe("imagenet", check_online=False)
+
+
+def test_tuning_cost_ratio():
+    ect_curve = {500: 0.3, 1000: 0.12, 1500: 0.09, 2000: 0.07}
+    scratch_curve = {500: 0.4, 1000: 0.2, 1500: 0.15, 2000: 0.1}
+    cost = ect.tuning_cost(ect_curve, scratch_curve, ect_seconds=40.0, scratch_seconds=38.0, pretrain_seconds=30.0)
+    assert cost.target_swd == 0.1 and cost.ect_steps == 1500
+    assert cost.step_ratio == pytest.approx(0.75) and cost.ect_seconds == pytest.approx(30.0)
+    assert cost.time_ratio == pytest.approx(30 / 38) and cost.total_time_ratio == pytest.approx(60 / 38)
+    never = ect.tuning_cost({500: 0.5, 2000: 0.2}, scratch_curve, 40.0, 38.0, 30.0)
+    assert never.ect_steps is None and math.isnan(never.step_ratio) and "did not reach" in str(never)
+    assert ect.steps_to_reach({1: 0.5, 2: 0.1}, 0.1) == 2
