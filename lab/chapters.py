@@ -19,7 +19,7 @@ class Chapter:
 
 CHAPTERS = (
     Chapter("mode-interpolation", "Where diffusion models' hallucinations come from", "2406.09358", True),
-    Chapter("ect", "Easy Consistency Tuning", "2406.14548", False),
+    Chapter("ect", "Easy Consistency Tuning", "2406.14548", True),
     Chapter("arimec", "Low-entropy couplings and steganography", "2405.19540", True),
     Chapter("mimetic-init", "Mimetic initialization helps SSMs learn to recall", "2410.11135", False),
     Chapter("mohawk", "Distilling Transformers into SSMs", "2408.10189", False),

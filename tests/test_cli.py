@@ -40,7 +40,11 @@ def test_bad_environment_is_named(monkeypatch):
 
 
 def test_chapter_not_written_yet():
-    assert cli.main(["run", "ect"]) == 2
+    from lab.chapters import CHAPTERS
+    pending = [c.id for c in CHAPTERS if not c.ready]
+    if not pending:
+        pytest.skip("every chapter is written")
+    assert cli.main(["run", pending[0]]) == 2
 
 
 def fake_chapter(tmp_path, measured):

@@ -1,4 +1,6 @@
 """Small models shared by the chapters."""
 from .denoiser import Decoder, TemporalLayer, timestep_embedding
+from .residual import ResidualMLP
+from .unet import SmallUNet
 
-__all__ = ["Decoder", "TemporalLayer", "timestep_embedding"]
+__all__ = ["Decoder", "ResidualMLP", "SmallUNet", "TemporalLayer", "timestep_embedding"]
