@@ -33,7 +33,7 @@ def load_digits(size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
         from sklearn.datasets import load_digits as sk_digits
     except ImportError:
         raise ImportError("the digits study needs scikit-learn (the digits ship inside it): "
-                          "pip install scikit-learn — part of the book's `gpu` scale, not of `tiny`") from None
+                          "pip install 'explorable-papers[gpu]' (or scikit-learn) — gpu scale only") from None
     bunch = sk_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32)[:, None] / 16.0
     images = nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)

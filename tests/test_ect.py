@@ -1,6 +1,5 @@
 """Easy Consistency Tuning: reference values of the mapping, preconditioning, weights, loss and samplers."""
 import math
-import os
 
 import numpy as np
 import pytest
@@ -286,8 +285,8 @@ def test_bad_input_raises_clear_errors():
         sliced_wasserstein(np.full((3, 2), np.nan), np.zeros((3, 2)))
 
 
-# -- the exact consistency function of 1-D Gaussian data (slow: LAB_SLOW_TESTS=1) -----------------
-@pytest.mark.skipif(not os.environ.get("LAB_SLOW_TESTS"), reason="about a minute; set LAB_SLOW_TESTS=1")
+# -- the exact consistency function of 1-D Gaussian data (about a minute) -------------------------
+@pytest.mark.slow
 def test_ect_learns_the_exact_consistency_function_of_gaussian_data():
     s = 0.5
     torch.manual_seed(0)
