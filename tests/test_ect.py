@@ -348,7 +348,7 @@ def test_digits_loader_names_the_missing_package():
     try:
         import sklearn  # noqa: F401
     except ImportError:
-        with pytest.raises(ImportError, match="pip install scikit-learn"):
+        with pytest.raises(ImportError, match=r"needs scikit-learn.*explorable-papers\[gpu\]"):
             ect_digits.load_digits()
     else:
         images, labels = ect_digits.load_digits()
