@@ -132,14 +132,16 @@ def _value_grad(P, log_n, log_y, bounds: FitBounds, delta: float, grad: bool = T
 _STEPS = 2.0 ** np.arange(3, -25, -1)          # the line search tries every one of these step sizes
 
 
-def _minimise(P, log_n, log_y, bounds, delta, max_iter):
+def _minimise(P, log_n, log_y, bounds, delta, max_iter, tol):
     """Vectorised BFGS over independent problems (rows of P, each against its row of data), with an
-    exhaustive line search on a log grid of step sizes. Returns (params, objective)."""
+    exhaustive line search on a log grid of step sizes. A problem stops when its gradient norm is
+    ≤ `tol` (the official stopping rule) or no step lowers its objective. Returns (params, objective)."""
     M = len(P)
     f, g = _value_grad(P, log_n, log_y, bounds, delta)
     H = np.broadcast_to(np.eye(3), (M, 3, 3)).copy()
     active = np.isfinite(f)
     for _ in range(max_iter):
+        active &= np.sqrt((g ** 2).sum(-1)) > tol
         d = -np.einsum("mij,mj->mi", H, g)
         gd = (g * d).sum(-1)
         bad = ~(gd < 0)
@@ -175,22 +177,26 @@ def _minimise(P, log_n, log_y, bounds, delta, max_iter):
 
 
 def fit_power_law(n, loss, *, bounds: FitBounds = PILE_BOUNDS, starts=None, delta: float = 1e-3,
-                  max_iter: int = 200) -> tuple[PowerLaw, float]:
+                  max_iter: int = 200, tol: float = 1e-5) -> tuple[PowerLaw, float]:
     """Fit L(n) = ε + β n^(−α) to one curve; see :func:`fit_power_laws`. Returns (law, objective)."""
     laws, values = fit_power_laws(np.asarray(n, dtype=np.float64)[None],
                                   np.asarray(loss, dtype=np.float64)[None],
-                                  bounds=bounds, starts=starts, delta=delta, max_iter=max_iter)
+                                  bounds=bounds, starts=starts, delta=delta, max_iter=max_iter, tol=tol)
     return laws[0], values[0]
 
 
 def fit_power_laws(n, loss, *, bounds: FitBounds = PILE_BOUNDS, starts=None, delta: float = 1e-3,
-                   max_iter: int = 200) -> tuple[list[PowerLaw | None], np.ndarray]:
+                   max_iter: int = 200, tol: float = 1e-5) -> tuple[list[PowerLaw | None], np.ndarray]:
     """Fit one power law per row of `loss` (K, T) against counts `n` (K, T) or (T,).
 
     Log space: predict log L = logsumexp(a − α log n, e), minimise the Huber loss (δ = 1e−3, so
     nearly L1) plus soft penalties outside `bounds`, from every starting point in `starts`
     ((S, 3) shared or (K, S, 3) per row; default :data:`SMALL_GRID`), keep the lowest objective.
-    A row whose every start ends non-finite gives None. Needs ≥ 4 positive, finite points.
+    Each start runs at most `max_iter` quasi-Newton steps and stops once its gradient norm is
+    ≤ `tol` (official: 200 and 1e−5). On a flat curve the law is not identifiable (ε ≈ L with any
+    α, or α ≈ 0 with any ε): the tolerance then keeps a start where it lands instead of sliding
+    along the valley. A row whose every start ends non-finite gives None. Needs ≥ 4 positive,
+    finite points.
     """
     if not isinstance(bounds, FitBounds):
         raise TypeError(f"bounds must be a FitBounds; got {type(bounds).__name__}")
@@ -205,6 +211,7 @@ def fit_power_laws(n, loss, *, bounds: FitBounds = PILE_BOUNDS, starts=None, del
         raise ValueError("n and loss must be positive (the fit works in log space)")
     delta = _check.real("delta", delta, low=0, low_open=True)
     max_iter = _check.integer("max_iter", max_iter, low=1)
+    tol = _check.real("tol", tol, low=0)
     K = loss.shape[0]
     starts = SMALL_GRID if starts is None else _check.array("starts", starts, ndim=(2, 3))
     if starts.shape[-1] != 3 or (starts.ndim == 3 and starts.shape[0] != K):
@@ -213,7 +220,7 @@ def fit_power_laws(n, loss, *, bounds: FitBounds = PILE_BOUNDS, starts=None, del
     S = starts.shape[1]
     log_n = np.repeat(np.log(n), S, axis=0)
     log_y = np.repeat(np.log(loss), S, axis=0)
-    P, f = _minimise(starts.reshape(K * S, 3).copy(), log_n, log_y, bounds, delta, max_iter)
+    P, f = _minimise(starts.reshape(K * S, 3).copy(), log_n, log_y, bounds, delta, max_iter, tol)
     P, f = P.reshape(K, S, 3), np.where(np.isfinite(f), f, np.inf).reshape(K, S)
     laws, values = [], np.full(K, np.inf)
     for k in range(K):
@@ -520,6 +527,12 @@ def make_policy(kind: str, names: Sequence[str], prior, ado: ADOConfig | None = 
             raise ValueError("weights must be given for kind='fixed'")
         return FixedPolicy(names, weights, prior=prior)
     return ADOPolicy(names, prior, ado or ADOConfig())
+
+
+def largest_dip(series) -> float:
+    """The largest drop of a series below its running maximum (0 for a non-decreasing series)."""
+    x = _check.array("series", series, ndim=1, min_len=1)
+    return float((np.maximum.accumulate(x) - x).max())
 
 
 def domain_batch_stats(domain_ids: torch.Tensor, losses: torch.Tensor, K: int) -> tuple[np.ndarray, np.ndarray]:
