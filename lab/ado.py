@@ -545,9 +545,10 @@ def domain_batch_stats(domain_ids: torch.Tensor, losses: torch.Tensor, K: int) -
         state = PartialState()
         if state.num_processes > 1:
             from accelerate.utils import reduce
-            stats = reduce(stats.to(state.device), reduction="sum").cpu()
+            stats = reduce(stats.to(state.device), reduction="sum")
     except ImportError:  # pragma: no cover - accelerate is a dependency of lab
         pass
+    stats = stats.cpu()
     return stats[0].numpy(), stats[1].numpy()
 
 
