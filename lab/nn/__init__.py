@@ -1,6 +1,8 @@
 """Small models shared by the chapters."""
 from .denoiser import Decoder, TemporalLayer, timestep_embedding
+from .gpt import GPT, GPTConfig, sequence_losses
 from .residual import ResidualMLP
 from .unet import SmallUNet
 
-__all__ = ["Decoder", "ResidualMLP", "SmallUNet", "TemporalLayer", "timestep_embedding"]
+__all__ = ["Decoder", "ResidualMLP", "SmallUNet", "TemporalLayer", "timestep_embedding",
+           "GPT", "GPTConfig", "sequence_losses"]

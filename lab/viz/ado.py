@@ -1,0 +1,172 @@
+"""Figures and explorers of the ADO chapter."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _check
+from .. import ado
+from .explorer import Explorer
+from .style import figure, stamp
+
+COLOURS = ("#8C8C8C", "#55A868", "#4C72B0", "#C44E52")
+POLICY_COLOURS = {"natural": "#8C8C8C", "uniform": "#DD8452", "ado": "#4C72B0"}
+
+
+def _colour(k: int) -> str:
+    return COLOURS[k % len(COLOURS)]
+
+
+def _smooth(x: np.ndarray, window: int = 25) -> np.ndarray:
+    window = max(1, min(window, len(x)))
+    pad = np.pad(x, (window // 2, window - 1 - window // 2), mode="edge")
+    return np.convolve(pad, np.ones(window) / window, mode="valid")
+
+
+def _stack(ax, pi: np.ndarray, names, step: int | None = None):
+    t = np.arange(len(pi))
+    ax.stackplot(t, pi.T, colors=[_colour(k) for k in range(pi.shape[1])], labels=names, alpha=0.85)
+    if step is not None:
+        ax.axvline(step, color="k", lw=1)
+    ax.set(xlim=(0, len(pi) - 1), ylim=(0, 1), xlabel="step", ylabel="mixture weight π(t)")
+
+
+def mixture_figure(records: dict, scale: str, seed: int):
+    """π(t) of ADO as a stacked area, with the fixed mixtures' weights as ticks on the right."""
+    rec = records["ado"]
+    fig, ax = figure(width=8, height=2.8)
+    _stack(ax, rec["pi"], rec["names"])
+    for r in rec["refits"]:
+        ax.axvline(r.step, color="w", lw=0.4, alpha=0.6)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, reverse=True)
+    ax.set_title("ADO's mixture over training (white lines: refits of the laws)")
+    stamp(fig, scale, seed)
+    return fig
+
+
+def results_figure(records: dict, scale: str, seed: int):
+    """Per-domain excess validation loss (L − H) for every policy, and their unweighted mean."""
+    kinds = list(records)
+    names = records[kinds[0]]["names"] + ["mean"]
+    fig, ax = figure(width=8, height=2.6)
+    width = 0.8 / len(kinds)
+    for j, kind in enumerate(kinds):
+        ex = records[kind]["excess"]
+        vals = np.r_[ex, ex.mean()]
+        ax.bar(np.arange(len(names)) + (j - (len(kinds) - 1) / 2) * width, vals, width,
+               color=POLICY_COLOURS.get(kind, "#777777"), label=kind)
+    ax.set_xticks(np.arange(len(names)), names)
+    ax.set(ylabel="validation loss − entropy rate (nats)", title="Excess loss at the end, same budget")
+    ax.legend(frameon=False)
+    stamp(fig, scale, seed)
+    return fig
+
+
+def _domain_panel(ax, rec: dict, k: int, refit: "ado.Refit", step: int):
+    loss = np.asarray(rec["loss"])[:step, k]
+    n = np.asarray(rec["n"])[:, k]
+    H = rec["entropies"][k]
+    seen = refit.smoothed[k] - H
+    ax.plot(n[:step], loss - H, color=_colour(k), lw=0.4, alpha=0.35)
+    ax.plot(refit.n[k], seen, ".", ms=2, color=_colour(k))
+    law = refit.laws[k]
+    if law is not None:
+        grid = np.geomspace(refit.n[k][0], n[-1], 100)
+        ax.plot(grid, law(grid) - H, color="k", lw=1, ls="--")
+        g = law.slope(n[step - 1], ado.SYNTHETIC_BOUNDS.alpha_min)
+        ax.set_title(f"{rec['names'][k]}: g·n = {g * n[step - 1]:.3f}", fontsize=8)
+        ax.axvline(n[step - 1], color="k", lw=0.5, ls=":")
+    pad = 0.1 * (seen.max() - seen.min()) + 1e-3
+    ax.set_ylim(seen.min() - pad, seen.max() + pad)
+    ax.set_xscale("log")
+    ax.tick_params(labelsize=7)
+
+
+def mixture_explorer(records: dict, scale: str, seed: int) -> Explorer:
+    """Stacked π(t) with a step slider (one stop per refit); beside it, each domain's loss history
+    (excess over its entropy rate), the smoothed points the refit saw and the fitted law (dashed),
+    with the slope g·n at that step (α floored at 0.05)."""
+    rec = records["ado"]
+    refits = {r.step: r for r in rec["refits"] if all(law is not None for law in r.laws)}
+    if not refits:
+        raise ValueError("records['ado'] holds no complete refit to show")
+    K = len(rec["names"])
+
+    def render(step):
+        from matplotlib.gridspec import GridSpec
+        from matplotlib.figure import Figure
+        fig = Figure(figsize=(10, 3.6), layout="constrained")
+        gs = GridSpec(2, 4, figure=fig, width_ratios=(2.2, 2.2, 1, 1))
+        ax = fig.add_subplot(gs[:, :2])
+        _stack(ax, rec["pi"], rec["names"], step)
+        t = np.arange(len(rec["pi"]))
+        for k in range(K):
+            ax.plot(t, np.cumsum(rec["rho"], 1)[:, k], color="k", lw=0.5, ls="--", alpha=0.5)
+        ax.set_title(f"π(t) (dashed: cumulative ρ), step {step}: "
+                     + ", ".join(f"{p:.2f}" for p in rec["pi"][min(step, len(t) - 1)]), fontsize=8)
+        ax.legend(loc="upper left", fontsize=7, frameon=False, reverse=True)
+        for k in range(K):
+            _domain_panel(fig.add_subplot(gs[k // 2, 2 + k % 2]), rec, k, refits[step], step)
+        stamp(fig, scale, seed, "right: loss − H vs n; dashed: fitted law")
+        return fig
+
+    steps = sorted(refits)
+    return Explorer(render, {"step": steps}, title="ADO: mixture weights over training",
+                    defaults={"step": steps[len(steps) // 2]})
+
+
+def fitter_explorer(record: dict, domain: str, starts, ends, scale: str, seed: int) -> Explorer:
+    """The scaling-law fitter on one domain's recorded loss: choose the window [start, end) of
+    steps, see the fit (official procedure: smoothed, subsampled, multi-start) and its slope."""
+    names = record["names"]
+    k = names.index(_check.choice("domain", domain, names))
+    loss = np.asarray(record["loss"])[:, k]
+    n = np.asarray(record["n"])[:, k] if "n" in record else np.cumsum(np.asarray(record["counts"]).sum(1))
+    H = record["entropies"][k]
+    smoothed = ado.savgol(loss, 51)
+    cache = {}
+
+    def fit(a, b):
+        if (a, b) not in cache:
+            idx = np.arange(a, b, 5)
+            cache[(a, b)] = (ado.fit_power_law(n[idx], smoothed[idx], bounds=ado.SYNTHETIC_BOUNDS)[0]
+                             if len(idx) >= 5 else None)
+        return cache[(a, b)]
+
+    def render(start, end):
+        fig, ax = figure(width=7.5, height=2.8)
+        ax.plot(n, loss - H, color=_colour(k), lw=0.4, alpha=0.35, label="batch loss")
+        ax.plot(n, smoothed - H, color=_colour(k), lw=1, label="smoothed")
+        ax.axvspan(n[min(start, len(n) - 1)], n[min(end, len(n)) - 1], color="k", alpha=0.07, lw=0)
+        law = fit(start, end) if end > start else None
+        shown = smoothed[start:] - H
+        pad = 0.1 * (shown.max() - shown.min()) + 1e-3
+        ax.set_ylim(shown.min() - pad, shown.max() + pad)
+        if law is not None:
+            ax.plot(n[start:], law(n[start:]) - H, "k--", lw=1.2, label="fitted law")
+            g = law.slope(n[end - 1], ado.SYNTHETIC_BOUNDS.alpha_min)
+            ax.set_title(f"{domain}, window steps {start}–{end}: β = {law.beta:.3g}, ε = {law.eps:.3f}, "
+                         f"α = {law.alpha:.3f}; slope·n at the window's end = {g * n[end - 1]:.4f}", fontsize=8)
+        else:
+            ax.set_title(f"{domain}: window {start}–{end} holds too few points to fit", fontsize=8)
+        ax.set(xscale="log", xlabel="sequences seen n", ylabel="loss − entropy rate")
+        ax.legend(frameon=False, fontsize=7)
+        stamp(fig, scale, seed)
+        return fig
+
+    return Explorer(render, {"start": list(starts), "end": list(ends)},
+                    title=f"Scaling-law fitter: {domain}")
+
+
+def sim_figure(sims: dict, scale: str, seed: int):
+    """The simulated world: π(t) under ADO (fitted slopes) and each policy's final excess."""
+    fig, axes = figure(ncols=2, width=10, height=2.6)
+    rec = sims["ado"]
+    _stack(axes[0], rec["pi"], rec["names"])
+    axes[0].legend(loc="upper left", fontsize=7, frameon=False, reverse=True)
+    axes[0].set_title("simulated world: ADO's π(t)")
+    kinds = list(sims)
+    axes[1].bar(kinds, [sims[k]["excess"].mean() for k in kinds],
+                color=[POLICY_COLOURS.get(k, "#777777") for k in kinds])
+    axes[1].set(ylabel="mean excess loss L − ε", title="final mean excess (known curves)")
+    stamp(fig, scale, seed)
+    return fig
