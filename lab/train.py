@@ -25,9 +25,19 @@ import torch
 from . import _check, paths
 
 
+OPTIMIZERS = ("adam", "adamw", "radam")
+DECAYS = ("cosine", "linear")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings. ``lr_final`` set: cosine decay from ``lr`` to it; None: constant."""
+    """Optimisation settings.
+
+    The rate rises linearly over ``warmup_steps`` (0: none), then stays at ``lr`` when
+    ``lr_final`` is None, or decays to ``lr_final`` at the last step along ``decay``
+    (``cosine`` or ``linear``). ``optimizer``: ``adam``, ``adamw`` (decoupled
+    ``weight_decay``) or ``radam``.
+    """
     steps: int
     lr: float = 1e-3
     lr_final: float | None = None
@@ -35,6 +45,10 @@ class TrainConfig:
     ema: float | None = None
     checkpoint_every: int = 0
     progress_every: int = 50
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    decay: str = "cosine"
 
     def __post_init__(self):
         _check.integer("steps", self.steps, low=1)
@@ -45,14 +59,30 @@ class TrainConfig:
             _check.real("ema", self.ema, low=0, high=1, high_open=True)
         _check.integer("checkpoint_every", self.checkpoint_every, low=0)
         _check.integer("progress_every", self.progress_every, low=1)
+        _check.choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check.real("weight_decay", self.weight_decay, low=0)
+        _check.integer("warmup_steps", self.warmup_steps, low=0, high=self.steps - 1)
+        _check.choice("decay", self.decay, DECAYS)
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
-    """The rate used at optimiser step `step` (0-based): constant, or cosine to ``lr_final``."""
+    """The rate used at optimiser step `step` (0-based): warm-up, then constant or decay to ``lr_final``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
     if config.lr_final is None:
         return config.lr
-    frac = step / config.steps
-    return config.lr_final + 0.5 * (config.lr - config.lr_final) * (1 + math.cos(math.pi * frac))
+    frac = (step - config.warmup_steps) / (config.steps - config.warmup_steps)
+    shape = 0.5 * (1 + math.cos(math.pi * frac)) if config.decay == "cosine" else 1 - frac
+    return config.lr_final + (config.lr - config.lr_final) * shape
+
+
+def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser that `config` names, at its base rate (the loop sets the rate every step)."""
+    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
+    kwargs = {"lr": config.lr, "betas": config.betas}
+    if config.optimizer != "adam" or config.weight_decay:
+        kwargs["weight_decay"] = config.weight_decay
+    return kinds[config.optimizer](params, **kwargs)
 
 
 class EMA:
@@ -108,7 +138,7 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Gene
     device = torch.device(device) if device is not None else next(model.parameters()).device
     accelerator = Accelerator(cpu=device.type == "cpu")
     model = model.to(accelerator.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
+    optimizer = make_optimizer(model.parameters(), config)
     ema = EMA(model, config.ema) if config.ema is not None else None
     generator = torch.Generator(accelerator.device)
     generator.manual_seed(seed * 1009 + accelerator.process_index)

@@ -108,3 +108,33 @@ def test_train_rejects_bad_arguments():
         train(model, loss_fn, {"steps": 3}, seed=0)
     with pytest.raises(TypeError, match="seed"):
         train(model, loss_fn, TrainConfig(steps=3), seed="0")
+
+
+def test_warmup_and_linear_decay():
+    cfg = TrainConfig(steps=1500, lr=3e-3, lr_final=3e-4, warmup_steps=100, decay="linear")
+    assert learning_rate(0, cfg) == pytest.approx(3e-5)
+    assert learning_rate(99, cfg) == pytest.approx(3e-3)
+    assert learning_rate(100, cfg) == pytest.approx(3e-3)
+    assert learning_rate(800, cfg) == pytest.approx(3e-3 - 0.5 * (3e-3 - 3e-4))
+    assert learning_rate(1500, cfg) == pytest.approx(3e-4)
+    constant = TrainConfig(steps=10, lr=1e-3, warmup_steps=4)
+    assert [round(learning_rate(i, constant), 6) for i in (0, 3, 4, 9)] == [2.5e-4, 1e-3, 1e-3, 1e-3]
+
+
+@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
+                                       ("radam", torch.optim.RAdam)])
+def test_optimizer_choice(name, cls):
+    from lab.train import make_optimizer
+    opt = make_optimizer(torch.nn.Linear(2, 1).parameters(), TrainConfig(steps=3, optimizer=name, weight_decay=0.1))
+    assert type(opt) is cls and opt.param_groups[0]["weight_decay"] == 0.1
+    result = train(*tiny_problem(), TrainConfig(steps=5, lr=1e-2, optimizer=name), seed=0)
+    assert torch.isfinite(result.losses).all()
+
+
+@pytest.mark.parametrize("kw, match", [({"optimizer": "sgd"}, "optimizer must be one of"),
+                                       ({"decay": "step"}, "decay must be one of"),
+                                       ({"warmup_steps": 5}, "warmup_steps"),
+                                       ({"weight_decay": -1.0}, "weight_decay")])
+def test_new_options_reject_bad_values(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(steps=5, **kw)
