@@ -1,0 +1,133 @@
+"""The shapes world's tiny CLIP, trained once and shared: training, caching, embeddings, zero-shot.
+
+:func:`pretrained_tiny_clip` trains the tiny CLIP contrastively with the book's training loop,
+which checkpoints under ``_build/runs/shapes-world/`` keyed on the recipe, the seed and lab's
+source: a later chapter (or a re-run) asking for the same model loads it instead of training.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import _check
+from .data import shapes
+from .nn.tinyclip import TinyCLIP, clip_loss
+from .train import TrainConfig, default_run_dir, run_key, train
+
+WORLD = "shapes-world"
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyClipConfig:
+    """The tiny CLIP recipe: 600 AdamW steps (weight decay 0.01) of 128 fresh images with captions."""
+    batch: int = 128
+    train: TrainConfig = TrainConfig(steps=600, lr=2e-3, progress_every=50)
+    weight_decay: float = 0.01
+
+    def __post_init__(self):
+        _check.integer("batch", self.batch, low=2)
+        _check.real("weight_decay", self.weight_decay, low=0)
+
+
+def decoupled_weight_decay(model: torch.nn.Module, lr: float, weight_decay: float) -> list:
+    """AdamW's decay θ ← θ·(1 − lr·λ) for every parameter, applied right after its gradient is
+    accumulated, i.e. before the (Adam) optimiser step, as ``torch.optim.AdamW`` does. The book's
+    training loop uses Adam; these hooks turn it into AdamW. Returns the hook handles."""
+    factor = 1.0 - lr * weight_decay
+
+    def decay(param):
+        with torch.no_grad():
+            param.mul_(factor)
+
+    return [p.register_post_accumulate_grad_hook(decay) for p in model.parameters()]
+
+
+def batch_rng(generator: torch.Generator) -> np.random.Generator:
+    """A numpy generator seeded from the training loop's torch generator (so resume stays exact)."""
+    return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+
+
+def train_tiny_clip(seed: int, config: TinyClipConfig = TinyClipConfig(), *, device="cpu",
+                    cache: bool = True):
+    """Train (or load from the run cache) a tiny CLIP; returns the training loop's result."""
+    seed = _check.integer("seed", seed)
+    torch.manual_seed(seed)                     # image tower, text tower, scale: in this order
+    model = TinyCLIP().to(device)
+
+    def loss_fn(net, generator):
+        images, _, captions = shapes.images_with_captions(config.batch, batch_rng(generator))
+        x = torch.from_numpy(images).to(device)
+        return clip_loss(net.encode_image(x), net.encode_text(net.tokenize(captions)), net.scale())
+
+    if config.train.lr_final is not None:
+        raise ValueError("config.train.lr_final must be None: the tiny CLIP uses a constant rate")
+    run_dir = None
+    if cache:
+        run_dir = default_run_dir(WORLD, "tiny-clip", run_key(dataclasses.asdict(config), seed))
+    hooks = decoupled_weight_decay(model, config.train.lr, config.weight_decay)
+    try:
+        return train(model, loss_fn, config.train, seed=seed, run_dir=run_dir,
+                     desc=f"tiny CLIP (seed {seed})", device=device)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def pretrained_tiny_clip(seed: int = 0, steps: int = 600, *, device="cpu") -> TinyCLIP:
+    """The shared tiny CLIP of the shapes world for `seed`, trained once and cached on disk."""
+    steps = _check.integer("steps", steps, low=1)
+    config = TinyClipConfig(train=dataclasses.replace(TinyClipConfig().train, steps=steps))
+    model = train_tiny_clip(seed, config, device=device).model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@torch.no_grad()
+def image_embeddings(model, images, batch: int = 500) -> torch.Tensor:
+    """Unit-norm image embeddings (n, d), computed in batches without gradient."""
+    x = model.prepare_images(images)
+    return torch.cat([F.normalize(model.encode_image(x[i:i + batch]), dim=-1)
+                      for i in range(0, len(x), batch)])
+
+
+@torch.no_grad()
+def text_embeddings(model, texts) -> torch.Tensor:
+    """Unit-norm text embeddings (n, d) of a text or a list of texts."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if len(texts) == 0:
+        raise ValueError("texts is empty: give at least one text")
+    return F.normalize(model.encode_text(model.tokenize(texts)), dim=-1)
+
+
+def class_captions() -> list[str]:
+    """The 96 exact captions, in the order of :func:`lab.data.shapes.all_attributes`."""
+    return [shapes.caption(a) for a in shapes.all_attributes()]
+
+
+def caption_class(attrs) -> np.ndarray:
+    """The caption class (0..95) of attribute tuples."""
+    attrs = np.atleast_2d(np.asarray(attrs))
+    sizes = [len(v) for v in shapes.ATTRIBUTES.values()]
+    return np.ravel_multi_index(tuple(attrs.T), sizes)
+
+
+def zero_shot_predictions(image_emb: torch.Tensor, class_emb: torch.Tensor) -> np.ndarray:
+    """argmax_j cos(image_i, class_j) for unit-norm embeddings."""
+    if image_emb.shape[-1] != class_emb.shape[-1]:
+        raise ValueError(f"image_emb and class_emb must share their width; got "
+                         f"{image_emb.shape[-1]} and {class_emb.shape[-1]}")
+    return (image_emb @ class_emb.T).argmax(dim=1).cpu().numpy()
+
+
+def zero_shot_accuracy(model, images, labels, prompts) -> float:
+    """Accuracy of the zero-shot classifier over `prompts` (class k = prompts[k])."""
+    labels = np.asarray(labels)
+    pred = zero_shot_predictions(image_embeddings(model, images), text_embeddings(model, prompts))
+    if labels.shape != pred.shape:
+        raise ValueError(f"labels must have one entry per image ({len(pred)}); got {labels.shape}")
+    return float((pred == labels).mean())

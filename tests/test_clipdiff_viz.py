@@ -1,0 +1,48 @@
+"""The chapter's figures and explorers build on untrained models (no training here)."""
+import math
+
+import numpy as np
+import torch
+
+import lab.viz.clipdiff as figs
+from lab.data import shapes
+from lab.nn.tinyclip import TinyCLIP
+
+
+def _models():
+    torch.manual_seed(0)
+    return {"base": TinyCLIP().eval(), "PC-CLIP": TinyCLIP().eval()}
+
+
+def test_single_swaps_are_the_ten_one_attribute_pairs_of_the_anchor():
+    swaps = figs.single_swaps()
+    assert len(swaps) == 3 + 5 + 1 + 1
+    for _, a, b in swaps:
+        assert sum(x != y for x, y in zip(a, b)) == 1
+
+
+def test_pair_probe_flips_sign_with_the_order():
+    models = _models()
+    a, b = shapes.attributes_of("circle", "red", "small", "left"), shapes.attributes_of("circle", "red", "large", "left")
+    ab, ba = figs.pair_probe(models, a, b, 0), figs.pair_probe(models, b, a, 0)
+    assert ab["text"] == "the first is smaller than the second"
+    assert ba["text"] == "the first is larger than the second"
+    assert set(ab["cosine"]) == {"base", "PC-CLIP"}
+
+
+def test_explorers_have_static_twins_within_the_frame_limit():
+    models = _models()
+    images, attrs, _ = shapes.images_with_captions(40, 0)
+    for explorer, frames in ((figs.pair_explorer(models, "tiny", 0), 20),
+                             (figs.ranker_explorer(models, images, attrs, "tiny", 0), 12),
+                             (figs.loss_floor_explorer("tiny", 0), 9)):
+        assert np.prod([len(v) for v in explorer.params.values()]) == frames
+        fig = explorer()
+        assert any("scale: tiny" in t.get_text() for t in fig.texts)
+
+
+def test_ranking_auc_for_a_named_attribute_and_loss_floor():
+    images, attrs, _ = shapes.images_with_captions(40, 1)
+    res = figs.ranking(_models()["base"], images, attrs, "the first is larger than the second")
+    assert 0 <= res["auc"] <= 1 and sorted(res["order"]) == list(range(40))
+    assert figs.loss_floor(512, 1.0) == math.log(1 + 511 / math.e)
