@@ -24,25 +24,11 @@ WORLD = "shapes-world"
 class TinyClipConfig:
     """The tiny CLIP recipe: 600 AdamW steps (weight decay 0.01) of 128 fresh images with captions."""
     batch: int = 128
-    train: TrainConfig = TrainConfig(steps=600, lr=2e-3, progress_every=50)
-    weight_decay: float = 0.01
+    train: TrainConfig = TrainConfig(steps=600, lr=2e-3, progress_every=50, optimizer="adamw",
+                                     weight_decay=0.01)
 
     def __post_init__(self):
         _check.integer("batch", self.batch, low=2)
-        _check.real("weight_decay", self.weight_decay, low=0)
-
-
-def decoupled_weight_decay(model: torch.nn.Module, lr: float, weight_decay: float) -> list:
-    """AdamW's decay θ ← θ·(1 − lr·λ) for every parameter, applied right after its gradient is
-    accumulated, i.e. before the (Adam) optimiser step, as ``torch.optim.AdamW`` does. The book's
-    training loop uses Adam; these hooks turn it into AdamW. Returns the hook handles."""
-    factor = 1.0 - lr * weight_decay
-
-    def decay(param):
-        with torch.no_grad():
-            param.mul_(factor)
-
-    return [p.register_post_accumulate_grad_hook(decay) for p in model.parameters()]
 
 
 def batch_rng(generator: torch.Generator) -> np.random.Generator:
@@ -67,13 +53,8 @@ def train_tiny_clip(seed: int, config: TinyClipConfig = TinyClipConfig(), *, dev
     run_dir = None
     if cache:
         run_dir = default_run_dir(WORLD, "tiny-clip", run_key(dataclasses.asdict(config), seed))
-    hooks = decoupled_weight_decay(model, config.train.lr, config.weight_decay)
-    try:
-        return train(model, loss_fn, config.train, seed=seed, run_dir=run_dir,
-                     desc=f"tiny CLIP (seed {seed})", device=device)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    return train(model, loss_fn, config.train, seed=seed, run_dir=run_dir,
+                 desc=f"tiny CLIP (seed {seed})", device=device)
 
 
 def pretrained_tiny_clip(seed: int = 0, steps: int = 600, *, device="cpu") -> TinyCLIP:
