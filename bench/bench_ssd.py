@@ -39,16 +39,38 @@ def inputs(b, T, H, P, G, N, device, dtype):
     return X, a, B, C
 
 
+def best_of(fn, repeats=5):
+    """The fastest of `repeats` timed calls after a warm-up: robust to a loaded machine."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def cpu_section():
     print(f"CPU · torch threads {torch.get_num_threads()} · "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print(f"{'L':>6} {'scan ms':>10} {'chunked ms':>11} {'ratio':>7}   (b=1, H=4, P=16, N=32, chunk 64)")
+    print("b=1, H=4, P=16, N=32, fp32; times in ms (best of 5); ratio = scan / chunked")
+    print(f"{'L':>6} {'scan':>8} {'Q=32':>7} {'Q=64':>7} {'ratio32':>8} {'ratio64':>8}   "
+          f"{'fwd+bwd: scan':>13} {'Q=32':>7} {'ratio32':>8}")
+
+    def fwd_bwd(fn, X, a, B, C):
+        Xg = X.clone().requires_grad_()
+        fn(Xg, a, B, C)[0].sum().backward()
+
     for L in (256, 512, 1024, 2048):
         X, a, B, C = inputs(1, L, 4, 16, 1, 32, "cpu", torch.float32)
         with torch.no_grad():
-            t_scan = timed(lambda: ssd_scan_ref(X, a, B, C), min_time=0.3)
-            t_chunk = timed(lambda: ssd_chunked(X, a, B, C, 64), min_time=0.3)
-        print(f"{L:>6} {1e3 * t_scan:>10.2f} {1e3 * t_chunk:>11.2f} {t_scan / t_chunk:>6.1f}×")
+            t_scan = best_of(lambda: ssd_scan_ref(X, a, B, C))
+            t32 = best_of(lambda: ssd_chunked(X, a, B, C, 32))
+            t64 = best_of(lambda: ssd_chunked(X, a, B, C, 64))
+        g_scan = best_of(lambda: fwd_bwd(ssd_scan_ref, X, a, B, C), repeats=3)
+        g32 = best_of(lambda: fwd_bwd(lambda *t: ssd_chunked(*t, 32), X, a, B, C), repeats=3)
+        print(f"{L:>6} {1e3 * t_scan:>8.2f} {1e3 * t32:>7.2f} {1e3 * t64:>7.2f} {t_scan / t32:>7.1f}× "
+              f"{t_scan / t64:>7.1f}×   {1e3 * g_scan:>13.2f} {1e3 * g32:>7.2f} {g_scan / g32:>7.1f}×")
 
 
 def cuda_section():

@@ -126,22 +126,22 @@ def ssd_chunked(X, a, B, C, chunk: int = 64, initial_state=None):
     Xc = X.reshape(b, c, Q, H, P)
     Bc = _heads(B, H).reshape(b, c, Q, H, N)
     Cc = _heads(C, H).reshape(b, c, Q, H, N)
-    ac = a.reshape(b, c, Q, H).permute(0, 3, 1, 2)              # (b, H, c, Q)
+    ac = a.reshape(b, c, Q, H).transpose(2, 3)                 # (b, c, H, Q)
     cum = torch.cumsum(ac, dim=-1)
-    # 1. intra-chunk
-    L = torch.exp(segsum(ac))                                  # (b, H, c, Q, Q)
-    y_diag = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", Cc, Bc, L, Xc)
+    # 1. intra-chunk: a masked attention inside each chunk (pairwise products first: batched matmuls)
+    scores = torch.einsum("bclhn,bcshn->bchls", Cc, Bc) * torch.exp(segsum(ac))
+    y_diag = torch.einsum("bchls,bcshp->bclhp", scores, Xc)
     # 2. chunk states
-    decay_to_end = torch.exp(cum[..., -1:] - cum)              # (b, H, c, Q)
-    states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bc, decay_to_end, Xc)
+    decay_to_end = torch.exp(cum[..., -1:] - cum).transpose(2, 3)   # (b, c, Q, H)
+    states = torch.einsum("bclhp,bclhn->bchpn", Xc * decay_to_end[..., None], Bc)
     # 3. state passing between chunks
     init = initial_state if initial_state is not None else X.new_zeros(b, H, P, N)
     states = torch.cat([init[:, None], states], dim=1)         # (b, c+1, H, P, N)
-    chunk_decay = torch.exp(segsum(F.pad(cum[..., -1], (1, 0))))   # (b, H, c+1, c+1)
+    chunk_decay = torch.exp(segsum(F.pad(cum[..., -1].transpose(1, 2), (1, 0))))   # (b, H, c+1, c+1)
     states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)
     entering, final = states[:, :-1], states[:, -1]
     # 4. read the entering state out
-    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", Cc, entering, torch.exp(cum))
+    y_off = torch.einsum("bclhn,bchpn->bclhp", Cc, entering) * torch.exp(cum).transpose(2, 3)[..., None]
     y = (y_diag + y_off).reshape(b, c * Q, H, P)[:, :T]
     return y, final
 
@@ -158,7 +158,7 @@ def ssd_materialize(a, B, C, dt=None, D=None):
     if B.shape[:2] != (b, T) or C.shape != B.shape or H % B.shape[2]:
         raise ValueError(f"B and C must have shape (b, T, G, N) with (b, T) = {(b, T)} and G dividing "
                          f"H = {H}; got {tuple(B.shape)} and {tuple(C.shape)}")
-    CB = torch.einsum("bihn,bjhn->bhij", _heads(C, H), _heads(B, H))
+    CB = torch.einsum("bign,bjgn->bgij", C, B).repeat_interleave(H // B.shape[2], dim=1)   # per group
     M = CB * torch.exp(segsum(a.transpose(1, 2)))
     if dt is not None:
         dt = _tensor("dt", dt, 3)
