@@ -38,9 +38,10 @@ def copy_batch(batch: int, length: int, vocab: int, generator: torch.Generator |
     batch = _check.integer("batch", batch, low=1)
     length = _check.integer("length", length, low=1)
     vocab = _check.integer("vocab", vocab, low=2)
-    x = torch.randint(0, vocab, (batch, length), generator=generator)
-    bos = torch.full((batch, 1), vocab)
-    cp = torch.full((batch, 1), vocab + 1)
+    device = generator.device if generator is not None else None
+    x = torch.randint(0, vocab, (batch, length), generator=generator, device=device)
+    bos = torch.full((batch, 1), vocab, device=x.device)
+    cp = torch.full((batch, 1), vocab + 1, device=x.device)
     inputs = torch.cat([bos, x, cp, x[:, :-1]], dim=1)
     targets = torch.full_like(inputs, -100)
     targets[:, length + 1:] = x
@@ -68,16 +69,17 @@ def mqar_batch(batch: int, seq_len: int, vocab: int, num_kv: int, generator: tor
     if num_kv > half - 1:
         raise ValueError(f"num_kv must be < vocab/2 = {half}; got {num_kv}")
     ctx = 2 * num_kv
-    keys = torch.rand(batch, half - 1, generator=generator).argsort(-1)[:, :num_kv] + 1
-    values = torch.rand(batch, vocab - half, generator=generator).argsort(-1)[:, :num_kv] + half
+    dev = generator.device if generator is not None else None
+    keys = torch.rand(batch, half - 1, generator=generator, device=dev).argsort(-1)[:, :num_kv] + 1
+    values = torch.rand(batch, vocab - half, generator=generator, device=dev).argsort(-1)[:, :num_kv] + half
     total = seq_len + 1
-    seq = torch.randint(0, vocab, (batch, total), generator=generator)
+    seq = torch.randint(0, vocab, (batch, total), generator=generator, device=dev)
     seq[:, 0:ctx:2], seq[:, 1:ctx:2] = keys, values
     space = (total - ctx) // 2
-    p = torch.arange(1, space + 1, dtype=torch.float64) ** (power_a - 1)
+    p = torch.arange(1, space + 1, dtype=torch.float64, device=seq.device) ** (power_a - 1)
     gaps = torch.multinomial(p.expand(batch, space), num_kv, replacement=False, generator=generator)
     qpos = ctx + 2 * gaps                                     # query slots; the answer follows
-    labels = torch.full((batch, total), -100)
+    labels = torch.full((batch, total), -100, device=seq.device)
     seq.scatter_(1, qpos, keys)
     seq.scatter_(1, qpos + 1, values)
     labels.scatter_(1, qpos + 1, values)
@@ -262,16 +264,17 @@ class Run:
         return self.token_acc[self.steps.index(step)]
 
 
-def train_copy(cfg: CopyConfig, init: str, seed: int) -> Run:
+def train_copy(cfg: CopyConfig, init: str, seed: int, device: torch.device | str | None = None) -> Run:
     """Train one arm on the copy task with :func:`lab.train.train`, evaluating every
     ``cfg.eval_every`` steps (teacher-forced accuracy on fixed strings) and keeping each
     checkpoint's maps of one fixed string."""
     if not isinstance(cfg, CopyConfig):
         raise TypeError(f"cfg must be a CopyConfig; got {type(cfg).__name__}")
     seed = _check.integer("seed", seed)
-    model = cfg.model(init, seed)
-    ex, ey = cfg.eval_data()
-    probe = cfg.map_input()[:1]
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    model = cfg.model(init, seed).to(device)
+    ex, ey = (t.to(device) for t in cfg.eval_data())
+    probe = cfg.map_input()[:1].to(device)
     steps, tok, whole, maps = [], [], [], []
     calls = [0]
 
@@ -281,7 +284,7 @@ def train_copy(cfg: CopyConfig, init: str, seed: int) -> Run:
         tok.append(t)
         whole.append(w)
         with torch.no_grad():
-            maps.append({part: [M[0].clone() for M in m.attention_maps(probe, part)] for part in PARTS})
+            maps.append({part: [M[0].cpu() for M in m.attention_maps(probe, part)] for part in PARTS})
 
     def loss_fn(m, generator):
         if calls[0] % cfg.eval_every == 0:
@@ -291,7 +294,8 @@ def train_copy(cfg: CopyConfig, init: str, seed: int) -> Run:
         return sequence_loss(m, x, y)
 
     start = time.time()
-    result = train(model, loss_fn, cfg.train, seed=1000 + seed, desc=f"{init} · seed {seed}")
+    result = train(model, loss_fn, cfg.train, seed=1000 + seed, desc=f"{init} · seed {seed}",
+                   device=device)
     record(result.model)
     return Run(init, seed, steps, tok, whole, result.losses, maps, time.time() - start, result.model)
 
@@ -339,7 +343,8 @@ def _single_threaded():
     torch.set_num_threads(1)
 
 
-def run_experiment(cfg: ChapterConfig, seed: int) -> dict[tuple[str, int], Run]:
+def run_experiment(cfg: ChapterConfig, seed: int,
+                   device: torch.device | str | None = None) -> dict[tuple[str, int], Run]:
     """Every arm for seeds seed, seed+1, …, and the ablation arms for `seed`: {(init, seed): Run}.
 
     With ``cfg.workers`` > 1 the runs go to that many single-threaded worker processes (each run
@@ -350,12 +355,12 @@ def run_experiment(cfg: ChapterConfig, seed: int) -> dict[tuple[str, int], Run]:
     jobs = [(arm, s) for s in range(seed, seed + cfg.seeds) for arm in cfg.arms]
     jobs += [(arm, seed) for arm in cfg.ablations]
     if cfg.workers <= 1:
-        return {(arm, s): train_copy(cfg.copy, arm, s) for arm, s in jobs}
+        return {(arm, s): train_copy(cfg.copy, arm, s, device) for arm, s in jobs}
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_single_threaded) as pool:
-        futures = {job: pool.submit(train_copy, cfg.copy, *job) for job in jobs}
+        futures = {job: pool.submit(train_copy, cfg.copy, *job, device) for job in jobs}
         return {job: future.result() for job, future in futures.items()}
 
 

@@ -34,14 +34,19 @@ def curves_figure(runs: dict, scale: str, seed: int):
     return fig
 
 
-def _heatmap(ax, M: np.ndarray, part: str, length: int, title: str):
+def _top(part: str, maps) -> float:
+    """One colour range for panels shown side by side: |C·Bᵀ| max, or log₁₀ of the |M| max."""
+    top = max(float(np.abs(M).max()) for M in maps)
+    return max(top, 1e-12) if part == "cb" else max(0.0, float(np.log10(top + 1e-12)))
+
+
+def _heatmap(ax, M: np.ndarray, part: str, length: int, title: str, top: float | None = None):
+    top = _top(part, [M]) if top is None else top
     if part == "cb":
-        lim = max(float(np.abs(M).max()), 1e-12)
-        im = ax.imshow(np.where(np.tril(np.ones_like(M)) > 0, M, np.nan), cmap="RdBu_r", vmin=-lim, vmax=lim)
+        im = ax.imshow(np.where(np.tril(np.ones_like(M)) > 0, M, np.nan), cmap="RdBu_r", vmin=-top, vmax=top)
     else:
         logm = np.log10(np.abs(M) + 1e-12)
-        im = ax.imshow(np.where(np.tril(np.ones_like(M)) > 0, logm, np.nan), cmap="magma", vmin=-4,
-                       vmax=max(0.0, float(np.nanmax(logm))))
+        im = ax.imshow(np.where(np.tril(np.ones_like(M)) > 0, logm, np.nan), cmap="magma", vmin=-4, vmax=top)
     rows = np.arange(length + 1, M.shape[0])
     ax.plot(rows - length, rows, color="#2ca02c", lw=0.8, alpha=0.8)   # copy target j = i − L
     ax.set_title(title, fontsize=9)
@@ -59,12 +64,13 @@ def initial_maps_figure(cfg: mm.CopyConfig, seed: int, scale: str, layer: int = 
     """Untrained maps of one string, default vs mimetic (head mean), with claim 4's share s."""
     probe = cfg.map_input()[:1]
     fig, axes = figure(2, width=8, height=3.8)
-    for ax, init in zip(axes, ("default", "mimetic")):
-        with torch.no_grad():
-            maps = cfg.model(init, seed).attention_maps(probe)
-        share = mm.mass_share(maps[layer], cfg.length)
-        im = _heatmap(ax, _pick([M[0] for M in maps], layer, "mean"), "full", cfg.length,
-                      f"{init} init · layer {layer} · s = {share:.2f}")
+    with torch.no_grad():
+        maps = {init: cfg.model(init, seed).attention_maps(probe) for init in ("default", "mimetic")}
+    shown = {init: _pick([M[0] for M in m], layer, "mean") for init, m in maps.items()}
+    top = _top("full", shown.values())
+    for ax, init in zip(axes, shown):
+        share = mm.mass_share(maps[init][layer], cfg.length)
+        im = _heatmap(ax, shown[init], "full", cfg.length, f"{init} init · layer {layer} · s = {share:.2f}", top)
     fig.colorbar(im, ax=axes, shrink=0.8, label="log₁₀|M| (head mean)")
     stamp(fig, scale, seed, "green: copy target j = i − L")
     return fig
@@ -81,11 +87,11 @@ def map_explorer(runs: dict, seed: int, scale: str, length: int,
     heads = (0, "mean") if H > 1 else (0,)
 
     def render(layer, head, part, step):
-        fig, axes = figure(2, width=8, height=3.7)
-        for ax, run in zip(axes, (left, right)):
-            maps = run.maps[run.steps.index(step)][part]
-            im = _heatmap(ax, _pick(maps, layer, head), part, length,
-                          f"{run.init} · {PART_LABELS[part]} · step {step}")
+        fig, axes = figure(2, width=7, height=3.2)
+        shown = [_pick(run.maps[run.steps.index(step)][part], layer, head) for run in (left, right)]
+        top = _top(part, shown)
+        for ax, run, M in zip(axes, (left, right), shown):
+            im = _heatmap(ax, M, part, length, f"{run.init} · {PART_LABELS[part]} · step {step}", top)
         fig.colorbar(im, ax=axes, shrink=0.8, label="C·Bᵀ (signed)" if part == "cb" else "log₁₀|M|")
         stamp(fig, scale, seed, f"layer {layer} · head {head} · green: copy target")
         return fig
@@ -93,7 +99,7 @@ def map_explorer(runs: dict, seed: int, scale: str, length: int,
     return Explorer(render, {"layer": list(range(n_layer)), "head": list(heads),
                              "part": list(PART_LABELS), "step": list(steps)},
                     title="SSM attention maps: default vs mimetic init during training",
-                    defaults={"part": "full", "step": steps[0]}, dpi=60)
+                    defaults={"part": "full", "step": steps[0]}, dpi=50)
 
 
 def default_decay_band(cfg: mm.CopyConfig, seed: int) -> tuple[float, float]:
