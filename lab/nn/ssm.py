@@ -82,7 +82,11 @@ def segsum(a: torch.Tensor) -> torch.Tensor:
     """
     if not torch.is_tensor(a) or a.dim() < 1:
         raise TypeError(f"a must be a torch.Tensor with at least one dimension; got {type(a).__name__}")
-    a = _tensor("a", a, a.dim())
+    return _segsum(_tensor("a", a, a.dim()))
+
+
+def _segsum(a: torch.Tensor) -> torch.Tensor:
+    """:func:`segsum` without the input checks (for callers that checked already)."""
     T = a.shape[-1]
     x = a[..., None].expand(*a.shape, T)                       # x[..., i, j] = a_i
     below = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), diagonal=-1)
@@ -129,7 +133,7 @@ def ssd_chunked(X, a, B, C, chunk: int = 64, initial_state=None):
     ac = a.reshape(b, c, Q, H).transpose(2, 3)                 # (b, c, H, Q)
     cum = torch.cumsum(ac, dim=-1)
     # 1. intra-chunk: a masked attention inside each chunk (pairwise products first: batched matmuls)
-    scores = torch.einsum("bclhn,bcshn->bchls", Cc, Bc) * torch.exp(segsum(ac))
+    scores = torch.einsum("bclhn,bcshn->bchls", Cc, Bc) * torch.exp(_segsum(ac))
     y_diag = torch.einsum("bchls,bcshp->bclhp", scores, Xc)
     # 2. chunk states
     decay_to_end = torch.exp(cum[..., -1:] - cum).transpose(2, 3)   # (b, c, Q, H)
@@ -137,7 +141,7 @@ def ssd_chunked(X, a, B, C, chunk: int = 64, initial_state=None):
     # 3. state passing between chunks
     init = initial_state if initial_state is not None else X.new_zeros(b, H, P, N)
     states = torch.cat([init[:, None], states], dim=1)         # (b, c+1, H, P, N)
-    chunk_decay = torch.exp(segsum(F.pad(cum[..., -1].transpose(1, 2), (1, 0))))   # (b, H, c+1, c+1)
+    chunk_decay = torch.exp(_segsum(F.pad(cum[..., -1].transpose(1, 2), (1, 0))))   # (b, H, c+1, c+1)
     states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)
     entering, final = states[:, :-1], states[:, -1]
     # 4. read the entering state out
@@ -159,7 +163,7 @@ def ssd_materialize(a, B, C, dt=None, D=None):
         raise ValueError(f"B and C must have shape (b, T, G, N) with (b, T) = {(b, T)} and G dividing "
                          f"H = {H}; got {tuple(B.shape)} and {tuple(C.shape)}")
     CB = torch.einsum("bign,bjgn->bgij", C, B).repeat_interleave(H // B.shape[2], dim=1)   # per group
-    M = CB * torch.exp(segsum(a.transpose(1, 2)))
+    M = CB * torch.exp(_segsum(a.transpose(1, 2)))
     if dt is not None:
         dt = _tensor("dt", dt, 3)
         if dt.shape != a.shape:
@@ -216,7 +220,7 @@ def selective_materialize(delta, A, B, C):
     """Mamba-1's map per channel (b, d, T, T): M^c_ij = Σ_n C_i[n] B_j[n] Δ_jc exp(A_cn Σ_{k=j+1}^{i} Δ_kc)."""
     delta, A = _tensor("delta", delta, 3), _tensor("A", A, 2)
     B, C = _tensor("B", B, 3), _tensor("C", C, 3)
-    S = segsum(delta.transpose(1, 2))                          # (b, d, T, T)
+    S = _segsum(delta.transpose(1, 2))                          # (b, d, T, T)
     causal = torch.isfinite(S)
     S = S.masked_fill(~causal, 0)[:, :, None]                  # A·(−∞) would be +∞ for A < 0
     decay = torch.exp(A[None, :, :, None, None] * S) * causal[:, :, None]   # (b, d, N, T, T)
@@ -340,7 +344,7 @@ class Mamba2(nn.Module):
             return torch.einsum("bihn,bjhn->bhij", _heads(s["C"], H), _heads(s["B"], H)).tril()
         a = s["dt"] * s["A"]
         if part == "decay":
-            return torch.exp(segsum(a.transpose(1, 2)))
+            return torch.exp(_segsum(a.transpose(1, 2)))
         return ssd_materialize(a, s["B"], s["C"], dt=s["dt"])
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
