@@ -1,0 +1,1 @@
+"""GPU kernels, each beside its pure-PyTorch reference (the spec) and tested equal to it."""
