@@ -36,7 +36,7 @@ class TrainConfig:
     The rate rises linearly over ``warmup_steps`` (0: none), then stays at ``lr`` when
     ``lr_final`` is None, or decays to ``lr_final`` at the last step along ``decay``
     (``cosine`` or ``linear``). ``optimizer``: ``adam``, ``adamw`` (decoupled
-    ``weight_decay``) or ``radam``.
+    ``weight_decay``) or ``radam``. ``grad_clip``: clip the global gradient norm to it.
     """
     steps: int
     lr: float = 1e-3
@@ -49,6 +49,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     decay: str = "cosine"
+    grad_clip: float | None = None
 
     def __post_init__(self):
         _check.integer("steps", self.steps, low=1)
@@ -63,6 +64,8 @@ class TrainConfig:
         _check.real("weight_decay", self.weight_decay, low=0)
         _check.integer("warmup_steps", self.warmup_steps, low=0, high=self.steps - 1)
         _check.choice("decay", self.decay, DECAYS)
+        if self.grad_clip is not None:
+            _check.real("grad_clip", self.grad_clip, low=0, low_open=True)
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -126,9 +129,14 @@ def run_key(*parts) -> str:
 
 def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Generator], torch.Tensor],
           config: TrainConfig, *, seed: int, run_dir: Path | str | None = None,
-          desc: str = "training", device: torch.device | str | None = None) -> TrainResult:
-    """Train `model` for ``config.steps`` Adam steps of ``loss_fn``; resume from `run_dir` if it
-    holds a checkpoint of the same run. Returns the trained model, its EMA copy and the losses."""
+          desc: str = "training", device: torch.device | str | None = None,
+          on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
+    """Train `model` for ``config.steps`` optimiser steps of ``loss_fn``; resume from `run_dir` if
+    it holds a checkpoint of the same run. Returns the trained model, its EMA copy and the losses.
+
+    ``on_step(step, model)``, if given, runs after every optimiser step (``step`` counts from 1)
+    with the unwrapped model: the place for evaluations and snapshots. It must not draw from the
+    training generator, so that resuming stays exact."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -161,10 +169,14 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Gene
             raise FloatingPointError(f"loss became {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
+        if config.grad_clip is not None:
+            accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         if ema is not None:
             ema.update(accelerator.unwrap_model(model))
         losses[step] = loss.detach().float().cpu()
+        if on_step is not None:
+            on_step(step + 1, accelerator.unwrap_model(model))
         if (step + 1) % config.progress_every == 0 or step + 1 == config.steps:
             bar.update(step + 1 - bar.n)
             bar.set_postfix(loss=f"{losses[max(0, step - config.progress_every + 1):step + 1].mean():.4f}",
