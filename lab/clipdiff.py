@@ -19,7 +19,7 @@ from . import _check
 from .clip import (TinyClipConfig, batch_rng, caption_class, class_captions, image_embeddings,
                    pretrained_tiny_clip, text_embeddings, zero_shot_predictions)
 from .data import shapes
-from .hallucination import auroc
+from .metrics import auroc
 from .train import TrainConfig, default_run_dir, run_key, train
 
 CHAPTER = "clip-differences"

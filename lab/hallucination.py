@@ -18,6 +18,7 @@ import torch
 from . import _check, paths
 from .data import Mixture, gaussian_1d, gaussian_grid
 from .diffusion import DDPMSchedule, Samples, sample
+from .metrics import auroc, roc_curve
 from .nn import Decoder
 from .train import TrainConfig, TrainResult, default_run_dir, run_key, train
 
@@ -97,38 +98,6 @@ def between_modes(x, mixture: Mixture) -> dict[str, np.ndarray]:
     on_segment = (s > 0) & (s < 1) & (off_line <= HALLUCINATION_SIGMAS * mixture.sigma)
     return {"between": on_segment, "pair_distance": pair,
             "nearest_pair": np.isclose(pair, nearest, rtol=1e-6)}
-
-
-def auroc(scores, labels) -> float:
-    """Area under the ROC curve of `scores` for binary `labels` (Mann–Whitney, ties averaged)."""
-    scores = _check.array("scores", scores, ndim=1)
-    labels = np.asarray(labels, dtype=bool)
-    if labels.shape != scores.shape:
-        raise ValueError(f"labels must match scores in shape; got {labels.shape} and {scores.shape}")
-    n_pos, n_neg = labels.sum(), (~labels).sum()
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("labels must contain both classes to define an AUROC")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
-    ends = np.r_[starts[1:], len(scores)]
-    for lo, hi in zip(starts, ends):
-        ranks[order[lo:hi]] = (lo + hi + 1) / 2.0          # average 1-based rank of the tie group
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def roc_curve(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(false-positive rate, true-positive rate, thresholds), flagging score ≥ threshold; from (0, 0) to (1, 1)."""
-    scores = _check.array("scores", scores, ndim=1)
-    labels = np.asarray(labels, dtype=bool)
-    if labels.shape != scores.shape:
-        raise ValueError(f"labels must match scores in shape; got {labels.shape} and {scores.shape}")
-    thresholds = np.r_[np.inf, np.unique(scores)[::-1]]
-    pos_sorted, neg_sorted = np.sort(scores[labels]), np.sort(scores[~labels])
-    tpr = (len(pos_sorted) - np.searchsorted(pos_sorted, thresholds, side="left")) / max(len(pos_sorted), 1)
-    fpr = (len(neg_sorted) - np.searchsorted(neg_sorted, thresholds, side="left")) / max(len(neg_sorted), 1)
-    return fpr, tpr, thresholds
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""Sample-quality metrics that run offline: sliced Wasserstein, in-mode precision, Fréchet distance.
+"""Metrics that run offline: sliced Wasserstein, in-mode precision, Fréchet distance, and the
+ROC curve and its area for a score against binary labels.
 
-Shared by the chapters on generative models. Every function takes arrays (NumPy or torch),
-checks they are finite, and returns a float.
+Shared by the chapters. Every function takes arrays (NumPy or torch) and checks they are finite.
 """
 from __future__ import annotations
 
@@ -58,3 +58,35 @@ def frechet_distance(x, y) -> float:
     root_x = _sqrtm_psd(cx)
     cross = _sqrtm_psd(root_x @ cy @ root_x)
     return float(((mx - my) ** 2).sum() + cx.trace() + cy.trace() - 2 * cross.trace())
+
+
+def auroc(scores, labels) -> float:
+    """Area under the ROC curve of `scores` for binary `labels` (Mann–Whitney, ties averaged)."""
+    scores = _check.array("scores", scores, ndim=1)
+    labels = np.asarray(labels, dtype=bool)
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels must match scores in shape; got {labels.shape} and {scores.shape}")
+    n_pos, n_neg = labels.sum(), (~labels).sum()
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("labels must contain both classes to define an AUROC")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], len(scores)]
+    for lo, hi in zip(starts, ends):
+        ranks[order[lo:hi]] = (lo + hi + 1) / 2.0          # average 1-based rank of the tie group
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_curve(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false-positive rate, true-positive rate, thresholds), flagging score ≥ threshold; from (0, 0) to (1, 1)."""
+    scores = _check.array("scores", scores, ndim=1)
+    labels = np.asarray(labels, dtype=bool)
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels must match scores in shape; got {labels.shape} and {scores.shape}")
+    thresholds = np.r_[np.inf, np.unique(scores)[::-1]]
+    pos_sorted, neg_sorted = np.sort(scores[labels]), np.sort(scores[~labels])
+    tpr = (len(pos_sorted) - np.searchsorted(pos_sorted, thresholds, side="left")) / max(len(pos_sorted), 1)
+    fpr = (len(neg_sorted) - np.searchsorted(neg_sorted, thresholds, side="left")) / max(len(neg_sorted), 1)
+    return fpr, tpr, thresholds

@@ -9,7 +9,7 @@ import torch
 from .. import clipdiff as cd
 from ..clip import image_embeddings
 from ..data import shapes
-from ..hallucination import auroc
+from ..metrics import auroc
 from .explorer import Explorer
 from .style import PALETTE, figure, stamp
 
