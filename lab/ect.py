@@ -26,7 +26,7 @@ from . import _check
 from .data import Mixture, draw, ring
 from .metrics import in_mode_precision, sliced_wasserstein
 from .nn import ResidualMLP
-from .train import EMA, TrainConfig, TrainResult, default_run_dir, run_key, train
+from .train import EMA, TrainConfig, TrainResult, resolve_run_dir, train
 
 CHAPTER = "ect"
 SIGMA_MAX = 80.0          # the VE prior: x_T = 80·z
@@ -487,12 +487,6 @@ def make_model(cfg: RingConfig, sigma_data: float, seed: int, device="cpu") -> E
     return EDMPrecond(ResidualMLP(2, cfg.width, cfg.blocks), sigma_data, cfg.sigma_min).to(device)
 
 
-def _run_dir(name: str, run_dir, *parts):
-    if run_dir is True:
-        return default_run_dir(CHAPTER, name, run_key(*parts))
-    return None if run_dir is False else run_dir
-
-
 def pretrain(cfg: RingConfig, sigma_data: float, *, seed: int, device="cpu", run_dir=True) -> TrainResult:
     """Stage A, the stand-in for an EDM checkpoint: the denoising loss on fresh ring samples."""
     mixture = cfg.mixture()
@@ -502,7 +496,7 @@ def pretrain(cfg: RingConfig, sigma_data: float, *, seed: int, device="cpu", run
         y = draw(mixture, cfg.pretrain_batch, generator)
         return edm_loss(net, y, generator, p_mean=cfg.pretrain_p_mean, p_std=cfg.pretrain_p_std)
 
-    run_dir = _run_dir("pretrain", run_dir, dataclasses.asdict(cfg), sigma_data, seed)
+    run_dir = resolve_run_dir(run_dir, CHAPTER, "pretrain", dataclasses.asdict(cfg), sigma_data, seed)
     began = time.time()
     result = train(model, loss_fn, cfg.pretrain, seed=seed, run_dir=run_dir, desc="diffusion pretraining",
                    device=device)
@@ -549,7 +543,7 @@ def consistency_train(cfg: RingConfig, start: EDMPrecond | None, sigma_data: flo
     mixture = cfg.mixture()
     probe = EMAProbe(cfg.probe_every, cfg.tune.ema or 0.999)
     loss_fn = ect_loss_fn(lambda n, g: draw(mixture, n, g), cfg.ect, cfg.tune_batch, probe)
-    run_dir = _run_dir(name, run_dir, dataclasses.asdict(cfg), sigma_data, seed, start is None)
+    run_dir = resolve_run_dir(run_dir, CHAPTER, name, dataclasses.asdict(cfg), sigma_data, seed, start is None)
     began = time.time()
     result = train(model, loss_fn, cfg.tune, seed=seed + 1, run_dir=run_dir, desc=name, device=device)
     complete = result.resumed_from == cfg.tune.steps

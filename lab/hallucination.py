@@ -20,7 +20,7 @@ from .data import Mixture, gaussian_1d, gaussian_grid
 from .diffusion import DDPMSchedule, Samples, sample
 from .metrics import auroc, roc_curve
 from .nn import Decoder
-from .train import TrainConfig, TrainResult, default_run_dir, run_key, train
+from .train import TrainConfig, TrainResult, resolve_run_dir, train
 
 CHAPTER = "mode-interpolation"
 HALLUCINATION_SIGMAS = 4.0   # hallucinated ⇔ farther than 4σ from every mode centre
@@ -260,11 +260,8 @@ def train_denoiser(run: ToyConfig, data: np.ndarray, *, seed: int, device="cpu",
         idx = torch.randint(0, len(data_t), (run.batch,), generator=generator, device=device)
         return schedule.loss(net, data_t[idx], generator)
 
-    if run_dir is True:
-        key = run_key(dataclasses.asdict(run), seed, float(data.sum()), len(data))
-        run_dir = default_run_dir(CHAPTER, name, key)
-    elif run_dir is False:
-        run_dir = None
+    run_dir = resolve_run_dir(run_dir, CHAPTER, name, dataclasses.asdict(run), seed,
+                              float(data.sum()), len(data))
     return train(model, loss_fn, run.train, seed=seed, run_dir=run_dir, desc=f"training ({name})", device=device)
 
 

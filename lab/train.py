@@ -247,3 +247,13 @@ def _load(path: Path, model, optimizer, ema, generator, losses, config, accelera
 def default_run_dir(chapter: str, name: str, key: str) -> Path:
     """``_build/runs/<chapter>/<name>-<key>``: where a chapter's run keeps its checkpoint."""
     return paths.runs_dir() / chapter / f"{name}-{key}"
+
+
+def resolve_run_dir(run_dir: Path | str | bool | None, chapter: str, name: str, *key_parts) -> Path | None:
+    """A chapter function's ``run_dir`` argument made concrete: ``True`` → the default folder
+    keyed on `key_parts` (see :func:`run_key`), ``False`` or None → no checkpoints, a path → itself."""
+    if run_dir is True:
+        return default_run_dir(chapter, name, run_key(*key_parts))
+    if run_dir is False or run_dir is None:
+        return None
+    return Path(run_dir)

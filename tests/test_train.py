@@ -158,3 +158,11 @@ def test_on_step_sees_every_step_and_keeps_training_unchanged():
     hooked = train(*tiny_problem(), cfg, seed=2, on_step=lambda step, net: seen.append(step))
     assert seen == list(range(1, 13))
     assert torch.equal(plain.losses, hooked.losses)
+
+
+def test_resolve_run_dir(tmp_path, monkeypatch):
+    from lab.train import resolve_run_dir, run_key
+    monkeypatch.setenv("LAB_RUNS_DIR", str(tmp_path))
+    assert resolve_run_dir(True, "ect", "pretrain", {"a": 1}, 3) == tmp_path / "ect" / f"pretrain-{run_key({'a': 1}, 3)}"
+    assert resolve_run_dir(False, "ect", "x") is None and resolve_run_dir(None, "ect", "x") is None
+    assert resolve_run_dir(str(tmp_path / "mine"), "ect", "x") == tmp_path / "mine"
