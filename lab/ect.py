@@ -281,8 +281,9 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 class EMAProbe:
-    """Snapshots of an EMA of the weights every `every` steps, taken from inside a loss closure
-    (the training loop offers no callback). Used to trace quality against tuning steps."""
+    """Snapshots of an EMA of the weights every `every` steps, taken from inside the loss closure,
+    before each step (the timing the chapter's numbers were measured with; ``train(on_step=...)``
+    would see the weights after the step). Used to trace quality against tuning steps."""
 
     def __init__(self, every: int, beta: float):
         self.every = _check.integer("every", every, low=1)
