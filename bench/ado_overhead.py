@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from lab import ado
+from lab.papers.ado import experiments as ex
 
 
 def main() -> None:
@@ -23,10 +23,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = ado.config("tiny").lm
+    cfg = ex.PRESETS["tiny"].lm
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=args.steps))
     wall, cpu = time.perf_counter(), time.process_time()
-    rec = ado.train_lm(cfg, "ado", seed=args.seed)
+    rec = ex.train_lm(cfg, "ado", seed=args.seed)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     steps, interval = args.steps, cfg.ado.update_interval
     refits = np.array([r.seconds for r in rec["refits"]])

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from lab import mec
+from lab.papers.arimec import method as mec
 
 
 def rate(fn, min_time=0.5):

@@ -104,11 +104,26 @@ class Session:
                 f"device {self.device} · torch threads {self.threads}")
 
 
-def start(chapter: str, scale: str | None = None, seed: int | None = None) -> Session:
-    """Resolve scale, seed and device, seed everything and set threads: a chapter's first call."""
+def start(chapter: str, scale: str | None = None, seed: int | None = None):
+    """A chapter's first call: resolve scale, seed and device, seed everything, set threads, print
+    the session and the estimated time. Returns ``(session, config, ledger)``: the session, this
+    scale's preset from ``lab.papers.<chapter>.experiments.PRESETS`` (passed through the module's
+    ``from_environment(cfg)`` where it has one) and the chapter's claims :class:`~lab.claims.Ledger`."""
+    import importlib
+
     from .chapters import get
-    get(chapter)  # rejects unknown ids
+    from .claims import Ledger
+    chapter = get(chapter).id  # rejects unknown ids
     scale, seed = current_scale(scale), current_seed(seed)
     seed_everything(seed)
     threads = configure_threads(scale)
-    return Session(chapter, scale, seed, pick_device(scale), threads, time.time())
+    session = Session(chapter, scale, seed, pick_device(scale), threads, time.time())
+    experiments = importlib.import_module(f"lab.papers.{chapter.replace('-', '_')}.experiments")
+    cfg = preset(experiments.PRESETS, scale)
+    if hasattr(experiments, "from_environment"):
+        cfg = experiments.from_environment(cfg)
+    print(session)
+    minutes = getattr(cfg, "minutes", None)
+    if minutes is not None:
+        print(f"estimated time at this scale: about {minutes:g} minutes")
+    return session, cfg, Ledger(chapter, scale, seed)

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from lab import ado
 from lab.data import TokenMixture, cycle, markov, markov2, noise, recall
 from lab.nn import GPT, GPTConfig, sequence_losses
+from lab.papers.ado import experiments as ex
+from lab.papers.ado import method as ado
 
 N = np.geomspace(1e3, 1e6, 100)
 TRUTH = ado.PowerLaw(beta=5.0, eps=2.0, alpha=0.3)
@@ -181,11 +182,11 @@ def test_policy_rejects_bad_input_and_keeps_finite():
 
 
 def test_simulated_world_ordering():
-    names, prior = [d.name for d in ado.SIM_WORLD], [d.prior for d in ado.SIM_WORLD]
-    cfg = dataclasses.replace(ado.SimConfig(), steps=1200)
-    excess = {k: ado.simulate(ado.make_policy(k, names, prior, cfg.ado), cfg=cfg, seed=0)["excess"].mean()
+    names, prior = [d.name for d in ex.SIM_WORLD], [d.prior for d in ex.SIM_WORLD]
+    cfg = dataclasses.replace(ex.SimConfig(), steps=1200)
+    excess = {k: ex.simulate(ado.make_policy(k, names, prior, cfg.ado), cfg=cfg, seed=0)["excess"].mean()
               for k in ("natural", "uniform")}
-    oracle = ado.simulate(ado.make_policy("ado", names, prior, cfg.ado), cfg=cfg, seed=0, oracle=True)
+    oracle = ex.simulate(ado.make_policy("ado", names, prior, cfg.ado), cfg=cfg, seed=0, oracle=True)
     assert oracle["excess"].mean() < excess["uniform"] < excess["natural"]
     assert oracle["pi"][-1][0] < 0.1 and oracle["pi"][-1].sum() == pytest.approx(1.0)
 
@@ -214,7 +215,7 @@ def test_domains_entropies_and_samples():
 
 
 def test_mixture_sampler_and_bad_input():
-    world = ado.language_world(0)
+    world = ex.language_world(0)
     assert world.vocab == 16 + 16 + 16 + 128 and world.offsets == [0, 16, 32, 48]
     tokens, ids = world.sample([0.0, 0.0, 0.0, 1.0], 64, torch.Generator().manual_seed(1))
     assert (ids == 3).all() and tokens.min() >= 48 and tokens.max() < 176

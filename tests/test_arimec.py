@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from lab import arimec as am
-from lab import mec, textlm
+from lab.papers.arimec import experiments as am
+from lab.papers.arimec import method as mec
+from lab.papers.arimec import textlm
 
 
 def test_presets_exist_for_every_scale():
     for scale in ("tiny", "gpu", "paper"):
-        assert isinstance(am.config(scale), am.ChapterConfig)
-    assert am.config("tiny").demo.lm == "ngram" and am.config("gpu").demo.lm == "gpt2"
+        assert isinstance(am.PRESETS[scale], am.ChapterConfig)
+    assert am.PRESETS["tiny"].demo.lm == "ngram" and am.PRESETS["gpu"].demo.lm == "gpt2"
 
 
 def test_merge_experiment_small():
@@ -96,7 +97,7 @@ def test_gpt2_names_what_is_missing():
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def demo():
-    return am.demo_models(am.config("tiny").demo)
+    return am.demo_models(am.PRESETS["tiny"].demo)
 
 
 def test_stegotext_decodes_exactly(demo):
@@ -115,8 +116,8 @@ def test_stegotext_rejects_bad_input(demo):
 
 
 def test_explorers_render_one_frame_each():
-    from lab.viz import arimec as figs
-    cfg = am.config("tiny")
+    from lab.papers.arimec import figures as figs
+    cfg = am.PRESETS["tiny"]
     for explorer in (figs.greedy_stepper("tiny", 0), figs.imec_stepper("tiny", 0),
                      figs.stego_playground(cfg.demo, "tiny", 0)):
         assert explorer() is not None

@@ -49,9 +49,8 @@ def test_chapter_not_written_yet():
 
 def fake_chapter(tmp_path, measured):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        "from lab.claims import Ledger\nfrom lab import scale\n"
-        "s = scale.start('mode-interpolation')\n"
-        "ledger = Ledger(s.chapter, s.scale, s.seed)\n"
+        "from lab import start\n"
+        "s, cfg, ledger = start('mode-interpolation')\n"
         f"ledger.check('C1', 'a claim', {measured}, at_least=0.5)\n"
         "ledger.check('C2', 'another', 1.0, at_least=0.5)\n"
         "ledger.summary()")])

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lab.diffusion import DDPMSchedule, sample
+from lab.papers.mode_interpolation.ddpm import DDPMSchedule, sample
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from lab import ect
 from lab.data import draw, ring
 from lab.metrics import frechet_distance, in_mode_precision, sliced_wasserstein
 from lab.nn import ResidualMLP
+from lab.papers.ect import experiments as ex
+from lab.papers.ect import method as ect
 from lab.train import TrainConfig, train
 
 A = dict(abs=1e-6)
@@ -226,7 +227,7 @@ def test_untrained_dm_one_step_is_poor_on_the_ring():
     mixture = ring()
     ref = mixture.sample(2000, 1)
     model = _model()
-    x = ect.generate(model, "1-step", 2000, 0)
+    x = ex.generate(model, "1-step", 2000, 0)
     assert in_mode_precision(x, mixture) < 0.05
     assert sliced_wasserstein(x, ref) > 0.3
 
@@ -274,7 +275,7 @@ def test_bad_input_raises_clear_errors():
         with pytest.raises(ValueError, match="t_mid must lie in"):
             ect.consistency_sample(model, 4, torch.Generator(), t_mids=(bad,))
     with pytest.raises(ValueError, match="t_mid must lie in"):
-        ect.RingConfig(t_mid=0.0001)
+        ex.RingConfig(t_mid=0.0001)
     y, t, eps = _batch()
     y[0, 0] = float("nan")
     with pytest.raises(ValueError, match="y .* must be finite"):
@@ -324,14 +325,15 @@ def one_thread():
 
 def test_digits_study_runs_end_to_end_on_a_stand_in(one_thread):
     import dataclasses
-    from lab import ect_digits
+
+    from lab.papers.ect import digits as ect_digits
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(48) % 2
     yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
     blob = torch.exp(-((xx - 5) ** 2 + (yy - 8) ** 2) / 8)
     images = torch.stack([blob if c == 0 else blob.flip(1) for c in labels])[:, None] * 2 - 1
     images = images + 0.05 * torch.randn(images.shape, generator=g)
-    tiny = dataclasses.replace(ect.DigitsConfig(), base=8, mults=(1, 2), batch=8,
+    tiny = dataclasses.replace(ex.DigitsConfig(), base=8, mults=(1, 2), batch=8,
                                pretrain=TrainConfig(steps=3), tune=TrainConfig(steps=4, ema=0.9),
                                ect=ect.ECTConfig(stage_steps=2), classifier=TrainConfig(steps=3))
     out = ect_digits.study(tiny, images, labels, seed=0, checkpoints=False)
@@ -344,7 +346,7 @@ def test_digits_study_runs_end_to_end_on_a_stand_in(one_thread):
 
 
 def test_digits_loader_names_the_missing_package():
-    from lab import ect_digits
+    from lab.papers.ect import digits as ect_digits
     try:
         import sklearn  # noqa: F401
     except ImportError:
@@ -356,20 +358,20 @@ def test_digits_loader_names_the_missing_package():
 
 
 def test_cifar10_recipe_is_documented_and_fails_clearly_offline():
-    recipe = ect.cifar10_recipe("1hour", check_online=False)
+    recipe = ex.cifar10_recipe("1hour", check_online=False)
     assert recipe["q"] == 256 and recipe["lr"] == 1e-4 and recipe["ema"] == 0.9993
     assert ect.r_of_t(1.0, 0, q=recipe["q"]) == pytest.approx(ect.r_of_t(1.0, 7, q=2))
     with pytest.raises(ValueError, match="name must be one of"):
-        ect.cifar10_recipe("imagenet", check_online=False)
+        ex.cifar10_recipe("imagenet", check_online=False)
 
 
 def test_tuning_cost_ratio():
     ect_curve = {500: 0.3, 1000: 0.12, 1500: 0.09, 2000: 0.07}
     scratch_curve = {500: 0.4, 1000: 0.2, 1500: 0.15, 2000: 0.1}
-    cost = ect.tuning_cost(ect_curve, scratch_curve, ect_seconds=40.0, scratch_seconds=38.0, pretrain_seconds=30.0)
+    cost = ex.tuning_cost(ect_curve, scratch_curve, ect_seconds=40.0, scratch_seconds=38.0, pretrain_seconds=30.0)
     assert cost.target_swd == 0.1 and cost.ect_steps == 1500
     assert cost.step_ratio == pytest.approx(0.75) and cost.ect_seconds == pytest.approx(30.0)
     assert cost.time_ratio == pytest.approx(30 / 38) and cost.total_time_ratio == pytest.approx(60 / 38)
-    never = ect.tuning_cost({500: 0.5, 2000: 0.2}, scratch_curve, 40.0, 38.0, 30.0)
+    never = ex.tuning_cost({500: 0.5, 2000: 0.2}, scratch_curve, 40.0, 38.0, 30.0)
     assert never.ect_steps is None and math.isnan(never.step_ratio) and "did not reach" in str(never)
-    assert ect.steps_to_reach({1: 0.5, 2: 0.1}, 0.1) == 2
+    assert ex.steps_to_reach({1: 0.5, 2: 0.1}, 0.1) == 2

@@ -1,10 +1,10 @@
-"""lab.mec: greedy MEC against its reference values, and IMEC validity by exact enumeration."""
+"""lab.papers.arimec.method (MEC): greedy MEC against its reference values, and IMEC validity by exact enumeration."""
 import math
 
 import numpy as np
 import pytest
 
-from lab import mec
+from lab.papers.arimec import method as mec
 
 TOL = 1e-12
 

@@ -38,8 +38,21 @@ def test_preset_and_start(monkeypatch):
     with pytest.raises(ValueError, match="no preset"):
         scale.preset({"tiny": 1}, "paper")
     monkeypatch.setenv("LAB_SCALE", "tiny")
-    session = scale.start("mode-interpolation", seed=5)
+    session, cfg, ledger = scale.start("mode-interpolation", seed=5)
     assert session.scale == "tiny" and session.seed == 5 and str(session.device) == "cpu"
     assert session.threads == 1 and "seed 5" in str(session)
+    from lab.papers.mode_interpolation.experiments import PRESETS
+    assert cfg is PRESETS["tiny"]
+    assert (ledger.chapter, ledger.scale, ledger.seed) == ("mode-interpolation", "tiny", 5)
     with pytest.raises(ValueError, match="chapter must be one of"):
         scale.start("nope")
+
+
+def test_start_applies_the_chapter_environment_hook(monkeypatch):
+    monkeypatch.setenv("LAB_SCALE", "tiny")
+    monkeypatch.setenv("LAB_ABLATIONS", "1")
+    _, cfg, _ = scale.start("mimetic-init")
+    assert "A only" in cfg.ablations
+    monkeypatch.setenv("LAB_ABLATIONS", "")
+    _, cfg, _ = scale.start("mimetic-init")
+    assert cfg.ablations == ()

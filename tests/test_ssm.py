@@ -2,8 +2,19 @@
 import pytest
 import torch
 
-from lab.nn.ssm import (Mamba1, Mamba2, SSMLM, apply_map, inverse_softplus, segsum, selective_materialize,
-                        selective_scan_ref, ssd_chunked, ssd_materialize, ssd_scan_ref)
+from lab.nn.ssm import (
+    SSMLM,
+    Mamba1,
+    Mamba2,
+    apply_map,
+    inverse_softplus,
+    segsum,
+    selective_materialize,
+    selective_scan_ref,
+    ssd_chunked,
+    ssd_materialize,
+    ssd_scan_ref,
+)
 
 
 def rand_inputs(b=2, T=200, H=4, P=16, G=2, N=32, dtype=torch.float64, seed=0):

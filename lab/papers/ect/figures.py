@@ -5,9 +5,10 @@ import math
 
 import numpy as np
 
-from .. import ect
-from .explorer import Explorer
-from .style import PALETTE, figure, stamp
+from ...viz.explorer import Explorer
+from ...viz.style import PALETTE, figure, stamp
+from . import experiments as ex
+from . import method as ect
 
 Q_CHOICES = (2, 4, 16, 256)
 STAGES = tuple(range(8))
@@ -21,7 +22,7 @@ def _ring_axes(ax, mixture, title):
     ax.set(xlim=(-1.6, 1.6), ylim=(-1.6, 1.6), aspect="equal", xticks=[], yticks=[], title=title)
 
 
-def samples_figure(samples: dict, table: "ect.Table", mixture, scale: str, seed: int, n_show: int = 2000):
+def samples_figure(samples: dict, table: "ex.Table", mixture, scale: str, seed: int, n_show: int = 2000):
     """One scatter per (model, sampler) of the results table; circles: 4σ around each mode."""
     keys = list(samples)
     ncols = math.ceil(len(keys) / 2)

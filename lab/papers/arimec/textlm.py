@@ -1,6 +1,6 @@
 """Small language models behind one autoregressive interface, for steganography you can read.
 
-Every model here is a :class:`lab.mec.Autoregressive` marginal (``branching``,
+Every model here is a :class:`lab.papers.arimec.method.Autoregressive` marginal (``branching``,
 ``conditional(prefix)``, ``is_terminal(prefix)``) over a fixed number of tokens:
 
 * :class:`NGramLM` — a character or word n-gram with add-k smoothing, fitted in milliseconds
@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import _check
+from ... import _check
 
 
 def zen_text() -> str:

@@ -26,7 +26,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from . import _check
+from ... import _check
 
 NEG_INF = float("-inf")
 

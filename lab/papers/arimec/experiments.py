@@ -7,7 +7,7 @@
   covertext length.
 * E3 :func:`causal_experiment` — entropic causal inference with greedy MEC.
 * :func:`stego_roundtrip` — a readable stegotext demo with the n-gram (or, at ``gpu``, GPT-2)
-  language models of :mod:`lab.textlm`.
+  language models of :mod:`lab.papers.arimec.textlm`.
 
 The worlds are fixed by the constants in the configs; ``LAB_SEED`` drives every draw.
 """
@@ -19,11 +19,10 @@ import string
 
 import numpy as np
 
-from . import _check
-from . import mec, textlm
-from .scale import preset
+from ... import _check
+from . import method as mec
+from . import textlm
 
-CHAPTER = "arimec"
 WORLDS = ((2, 3), (12, 13), (22, 23))     # (seed of the message prior, seed of the covertext model)
 
 
@@ -87,9 +86,6 @@ PRESETS = {
 }
 
 
-def config(scale: str) -> ChapterConfig:
-    """The chapter's settings at `scale` (``tiny`` | ``gpu`` | ``paper``)."""
-    return preset(PRESETS, scale)
 
 
 def uniform(n: int) -> np.ndarray:
@@ -241,7 +237,7 @@ def demo_models(cfg: DemoConfig) -> StegoDemo:
 
 
 class _GPT2Text:
-    """Text in and out of a GPT-2 :class:`~lab.textlm.TorchLM` (same interface as NGramLM)."""
+    """Text in and out of a GPT-2 :class:`~lab.papers.arimec.textlm.TorchLM` (same interface as NGramLM)."""
 
     def __init__(self, lm):
         self.lm, self.branching, self.length = lm, lm.branching, lm.length

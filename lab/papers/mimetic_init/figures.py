@@ -6,10 +6,11 @@ import math
 import numpy as np
 import torch
 
-from .. import _check
-from .. import mimetic as mm
-from .explorer import Explorer
-from .style import PALETTE, figure, stamp
+from ... import _check
+from ...viz.explorer import Explorer
+from ...viz.style import PALETTE, figure, stamp
+from . import experiments as ex
+from . import method as mm
 
 ARM_COLOURS = {"default": PALETTE["grey"], "mimetic": PALETTE["accent"], "A only": "#4C72B0",
                "BC only": "#55A868", "no unit step": "#8172B2", "identity conv": "#CCB974"}
@@ -60,7 +61,7 @@ def _pick(maps: list[torch.Tensor], layer: int, head) -> np.ndarray:
     return (M.mean(0) if head == "mean" else M[head]).numpy()
 
 
-def initial_maps_figure(cfg: mm.CopyConfig, seed: int, scale: str, layer: int = 0):
+def initial_maps_figure(cfg: ex.CopyConfig, seed: int, scale: str, layer: int = 0):
     """Untrained maps of one string, default vs mimetic (head mean), with claim 4's share s."""
     probe = cfg.map_input()[:1]
     fig, axes = figure(2, width=8, height=3.8)
@@ -102,7 +103,7 @@ def map_explorer(runs: dict, seed: int, scale: str, length: int,
                     defaults={"part": "full", "step": steps[0]}, dpi=50)
 
 
-def default_decay_band(cfg: mm.CopyConfig, seed: int) -> tuple[float, float]:
+def default_decay_band(cfg: ex.CopyConfig, seed: int) -> tuple[float, float]:
     """(fastest, slowest) per-step decay over the heads of a default-initialised model."""
     model = cfg.model("default", seed)
     rates = torch.cat([mm.per_step_decay(m).flatten() for m in model.mixers]).detach()

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _check
-from .. import ado
-from .explorer import Explorer
-from .style import figure, stamp
+from ... import _check
+from ...viz.explorer import Explorer
+from ...viz.style import figure, stamp
+from . import method as ado
 
 COLOURS = ("#8C8C8C", "#55A868", "#4C72B0", "#C44E52")
 POLICY_COLOURS = {"natural": "#8C8C8C", "uniform": "#DD8452", "ado": "#4C72B0"}
@@ -92,8 +92,8 @@ def mixture_explorer(records: dict, scale: str, seed: int) -> Explorer:
     K = len(rec["names"])
 
     def render(step):
-        from matplotlib.gridspec import GridSpec
         from matplotlib.figure import Figure
+        from matplotlib.gridspec import GridSpec
         fig = Figure(figsize=(10, 3.6), layout="constrained")
         gs = GridSpec(2, 4, figure=fig, width_ratios=(2.2, 2.2, 1, 1))
         ax = fig.add_subplot(gs[:, :2])

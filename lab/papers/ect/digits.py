@@ -16,12 +16,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import _check
-from .ect import (CHAPTER, DigitsConfig, EDMPrecond, EMAProbe, consistency_sample, ect_loss_fn, edm_loss,
-                  heun_sample, load_snapshot, nfe)
-from .metrics import frechet_distance
-from .nn import SmallUNet
-from .train import TrainConfig, default_run_dir, run_key, train
+from ... import _check
+from ...metrics import frechet_distance
+from ...nn import SmallUNet
+from ...saved import Pending
+from ...train import TrainConfig, resolve_run_dir, train
+from .experiments import DigitsConfig, load_snapshot
+from .method import (
+    EDMPrecond,
+    EMAProbe,
+    consistency_sample,
+    ect_loss_fn,
+    edm_loss,
+    heun_sample,
+    nfe,
+)
 
 CONFIDENT = 0.9
 
@@ -153,8 +162,8 @@ def study(cfg: DigitsConfig, images, labels, *, seed: int, device="cpu", checkpo
     classifier = train_classifier(images, labels, cfg.classifier, seed=seed, device=device, batch=cfg.batch)
     with torch.no_grad():
         real = classifier.eval().features(images.to(device)).double().cpu().numpy()
-    key = run_key(dataclasses.asdict(cfg), seed, float(images.sum()), tuple(images.shape))
-    runs = {name: default_run_dir(CHAPTER, f"digits-{name}", key) if checkpoints else None
+    runs = {name: resolve_run_dir(checkpoints, "ect", f"digits-{name}", dataclasses.asdict(cfg), seed,
+                                  float(images.sum()), tuple(images.shape))
             for name in ("pretrain", "ect", "scratch")}
     pre = pretrain(cfg, images, seed=seed, device=device, run_dir=runs["pretrain"])
     dm = pre.ema_model or pre.model
@@ -197,7 +206,6 @@ def check_claims(ledger, result, cfg: DigitsConfig | None) -> None:
 
 def run(cfg: DigitsConfig | None, *, seed: int, device="cpu"):
     """The study when this scale configures one; otherwise a note that it awaits a `gpu` run."""
-    from .hallucination import Pending
     if cfg is None:
         return Pending("The digits study (ECT on images, Fréchet distance in a classifier's features)")
     images, labels = load_digits()

@@ -4,9 +4,9 @@ import math
 import numpy as np
 import torch
 
-import lab.viz.clipdiff as figs
 from lab.data import shapes
 from lab.nn.tinyclip import TinyCLIP
+from lab.papers.clip_differences import figures as figs
 
 
 def _models():

@@ -4,10 +4,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import _check
-from .. import hallucination as mi
-from .explorer import Explorer
-from .style import PALETTE, figure, stamp
+from ... import _check
+from ...viz.explorer import Explorer
+from ...viz.style import PALETTE, figure, stamp
+from . import experiments as ex
+from . import method as mi
 
 K_CHOICES = (5, 10, 20, 50, 100)
 RETAIN_CHOICES = (0.80, 0.90, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995)
@@ -42,7 +43,7 @@ def loss_figure(losses: torch.Tensor, scale: str, seed: int):
     return fig
 
 
-def samples_figure(learned: "mi.Analysis", oracle: "mi.Analysis", mixture, scale: str, seed: int):
+def samples_figure(learned: "ex.Analysis", oracle: "ex.Analysis", mixture, scale: str, seed: int):
     fig, axes = figure(ncols=2, width=10, height=2.8, sharey=True)
     bins = np.linspace(0.5, 3.5, 241)
     for ax, an, name in ((axes[0], learned, "learned network"), (axes[1], oracle, "exact score (oracle)")):
@@ -99,7 +100,7 @@ def landscape_explorer(model, mixture, schedule, samples, analysis, scale: str, 
                     defaults={"t": 0})
 
 
-def pick_examples(analysis: "mi.Analysis", n: int = 6, seed: int = 0) -> list[int]:
+def pick_examples(analysis: "ex.Analysis", n: int = 6, seed: int = 0) -> list[int]:
     """Up to n hallucinated samples and n in-support ones, reproducibly."""
     n = _check.integer("n", n, low=1)
     rng = np.random.default_rng(seed)
@@ -109,7 +110,7 @@ def pick_examples(analysis: "mi.Analysis", n: int = 6, seed: int = 0) -> list[in
     return [int(i) for i in np.r_[pick_h, pick_ok]]
 
 
-def trajectory_explorer(samples, analysis: "mi.Analysis", scale: str, seed: int) -> Explorer:
+def trajectory_explorer(samples, analysis: "ex.Analysis", scale: str, seed: int) -> Explorer:
     """Pick a sample: its x̂0 over the last reverse steps, the window K, and its Hal."""
     path = samples.x0_path[:, :, 0].numpy()
     R = path.shape[1]
@@ -135,10 +136,10 @@ def trajectory_explorer(samples, analysis: "mi.Analysis", scale: str, seed: int)
                     defaults={"K": 10})
 
 
-def threshold_explorer(analysis: "mi.Analysis", scale: str, seed: int) -> Explorer:
+def threshold_explorer(analysis: "ex.Analysis", scale: str, seed: int) -> Explorer:
     """Window K and retention: τ, what is removed and kept, and the ROC point."""
     Ks = [K for K in K_CHOICES if K in analysis.hal]
-    rocs = {K: mi.roc_curve(analysis.hal[K], analysis.hallucinated) for K in Ks}
+    rocs = {K: ex.roc_curve(analysis.hal[K], analysis.hallucinated) for K in Ks}
     h = analysis.hallucinated
 
     def render(K, retain):
@@ -159,7 +160,7 @@ def threshold_explorer(analysis: "mi.Analysis", scale: str, seed: int) -> Explor
         a2.plot([1 - op.kept], [op.removal], "o", color="k")
         a2.plot([0, 1], [0, 1], color="#bbb", lw=0.8, ls=":")
         a2.set(xlabel="in-support samples removed", ylabel="hallucinations removed",
-               title=f"ROC, AUROC = {mi.auroc(hal, h):.3f}; keep {retain:.1%}")
+               title=f"ROC, AUROC = {ex.auroc(hal, h):.3f}; keep {retain:.1%}")
         stamp(fig, scale, seed)
         return fig
 
@@ -205,7 +206,7 @@ def show_studies(studies) -> None:
     """Display the larger-scale results: the grids and recursive-training figures, or the notice
     that they await a run at that scale."""
     from IPython.display import display
-    if isinstance(studies, mi.Pending):
+    if isinstance(studies, ex.Pending):
         display(studies)
         return
     display(grids_figure(studies))

@@ -7,10 +7,10 @@ import textwrap
 import numpy as np
 from matplotlib.patches import Rectangle
 
-from .. import arimec as am
-from .. import mec
-from .explorer import Explorer
-from .style import PALETTE, figure, stamp
+from ...viz.explorer import Explorer
+from ...viz.style import PALETTE, figure, stamp
+from . import experiments as am
+from . import method as mec
 
 GREEDY_EXAMPLES = {
     "tie-break": ([0.5, 0.25, 0.25], [0.4, 0.4, 0.2]),

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lab import clipdiff as cd
-from lab.hallucination import auroc
+from lab.metrics import auroc
 from lab.nn.tinyclip import TinyCLIP
+from lab.papers.clip_differences import experiments as ex
+from lab.papers.clip_differences import method as cd
 
 
 def _embeddings(n=6, d=8, seed=0):
@@ -76,8 +77,8 @@ def test_one_step_changes_only_the_text_blocks():
 
 def test_direction_accuracy_antisymmetric():
     model = TinyCLIP()
-    from lab.clip import image_embeddings
     from lab.data import shapes
+    from lab.pretrained import image_embeddings
     img_a, img_b, _, _, texts = shapes.image_pairs(40, 3)
     ea, eb = image_embeddings(model, img_a), image_embeddings(model, img_b)
     cos = cd.difference_cosines(model, ea, eb, texts)
@@ -118,14 +119,14 @@ def test_weight_average_endpoints_and_mean():
     pre = TinyCLIP().state_dict()
     ft = TinyCLIP().state_dict()
     for alpha, ref in ((0.0, pre), (1.0, ft)):
-        avg = cd.weight_average(pre, ft, alpha)
+        avg = ex.weight_average(pre, ft, alpha)
         assert all(torch.equal(avg[k], ref[k]) for k in ref)
-    half = cd.weight_average(pre, ft, 0.5)
+    half = ex.weight_average(pre, ft, 0.5)
     assert all(torch.allclose(half[k], (pre[k] + ft[k]) / 2) for k in pre)
     with pytest.raises(ValueError, match="same keys"):
-        cd.weight_average(pre, {k: v for k, v in ft.items() if k != "logit_scale"}, 0.5)
+        ex.weight_average(pre, {k: v for k, v in ft.items() if k != "logit_scale"}, 0.5)
     with pytest.raises(ValueError, match="alpha"):
-        cd.weight_average(pre, ft, 1.5)
+        ex.weight_average(pre, ft, 1.5)
 
 
 def test_rank_text_must_be_in_vocabulary():

@@ -4,15 +4,16 @@ import dataclasses
 import pytest
 import torch
 
-import lab.mimetic as mm
 from lab.nn.ssm import Mamba1, Mamba2
+from lab.papers.mimetic_init import experiments as ex
+from lab.papers.mimetic_init import method as mm
 from lab.train import TrainConfig
 
-CFG = mm.CopyConfig()
+CFG = ex.CopyConfig()
 
 
 def test_copy_batch_layout():
-    x, y = mm.copy_batch(3, 5, 7, torch.Generator().manual_seed(0))
+    x, y = ex.copy_batch(3, 5, 7, torch.Generator().manual_seed(0))
     assert x.shape == y.shape == (3, 11)
     assert (x[:, 0] == 7).all() and (x[:, 6] == 8).all()
     assert torch.equal(x[:, 1:6][:, :4], x[:, 7:])          # the second copy, teacher-forced
@@ -20,7 +21,7 @@ def test_copy_batch_layout():
 
 
 def test_mqar_batch_semantics():
-    x, y = mm.mqar_batch(4, 32, 64, 4, torch.Generator().manual_seed(0))
+    x, y = ex.mqar_batch(4, 32, 64, 4, torch.Generator().manual_seed(0))
     assert x.shape == y.shape == (4, 32)
     for row_x, row_y in zip(x, y):
         keys, values = row_x[0:8:2], row_x[1:8:2]
@@ -86,7 +87,7 @@ def test_ablation_switches():
 
 
 def test_claim4_thresholds_on_init_seeds():
-    shares = {init: torch.tensor(mm.initial_shares(CFG, init, range(4))) for init in ("default", "mimetic")}
+    shares = {init: torch.tensor(ex.initial_shares(CFG, init, range(4))) for init in ("default", "mimetic")}
     assert shares["mimetic"].min() >= 0.55 and shares["default"].max() <= 0.45
     assert (shares["mimetic"] - shares["default"]).mean() >= 0.20
 
@@ -101,7 +102,7 @@ def test_memory_length_and_mass_share():
 def test_smoke_training_mimetic_beats_default():
     cfg = dataclasses.replace(CFG, length=16, batch=16, eval_every=30, eval_size=32,
                               train=TrainConfig(steps=60, lr=3e-3, progress_every=60))
-    runs = {init: mm.train_copy(cfg, init, 0) for init in ("default", "mimetic")}
+    runs = {init: ex.train_copy(cfg, init, 0) for init in ("default", "mimetic")}
     assert runs["mimetic"].losses[-10:].mean() < runs["default"].losses[-10:].mean()
     assert runs["mimetic"].steps == [0, 30, 60] and len(runs["mimetic"].maps) == 3
     assert set(runs["mimetic"].maps[0]) == {"full", "cb", "decay"}
@@ -113,11 +114,11 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match="init"):
         CFG.model("orthogonal")
     with pytest.raises(ValueError, match="seq_len must be even"):
-        mm.mqar_batch(1, 15, 64, 2)
+        ex.mqar_batch(1, 15, 64, 2)
     with pytest.raises(ValueError, match="vocab"):
-        mm.mqar_batch(1, 16, 16, 2)
+        ex.mqar_batch(1, 16, 16, 2)
     with pytest.raises(ValueError, match="num_kv"):
-        mm.mqar_batch(1, 16, 64, 5)
+        ex.mqar_batch(1, 16, 64, 5)
     with pytest.raises(TypeError, match="model"):
         mm.mimetic_(torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match="recipe"):
@@ -125,8 +126,8 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match="tie_noise"):
         mm.Recipe(tie_noise=-1.0)
     with pytest.raises(ValueError, match="length"):
-        mm.copy_batch(2, 0, 4)
+        ex.copy_batch(2, 0, 4)
     with pytest.raises(ValueError, match="arm"):
-        mm.accuracy_at({}, "mimetic", 300)
+        ex.accuracy_at({}, "mimetic", 300)
     with pytest.raises(ValueError, match="mixer"):
-        mm.CopyConfig(mixer="mamba3")
+        ex.CopyConfig(mixer="mamba3")

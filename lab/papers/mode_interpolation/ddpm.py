@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from . import _check
+from ... import _check
 
 EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
 

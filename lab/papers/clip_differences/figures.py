@@ -4,14 +4,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
-from .. import clipdiff as cd
-from ..clip import image_embeddings
-from ..data import shapes
-from ..metrics import auroc
-from .explorer import Explorer
-from .style import PALETTE, figure, stamp
+from ...data import shapes
+from ...metrics import auroc
+from ...pretrained import image_embeddings
+from ...viz.explorer import Explorer
+from ...viz.style import PALETTE, figure, stamp
+from . import method as cd
 
 MODEL_COLOURS = {"base": PALETTE["grey"], "PC-CLIP": PALETTE["accent"]}
 METRICS = {"direction_accuracy": "direction accuracy", "size_auc": "size-ranking AUC",

@@ -4,10 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-import lab.hallucination as mi
 from lab.data import gaussian_1d, gaussian_grid
-from lab.diffusion import DDPMSchedule
+from lab.metrics import auroc, roc_curve
 from lab.nn import Decoder
+from lab.papers.mode_interpolation import experiments as ex
+from lab.papers.mode_interpolation import method as mi
+from lab.papers.mode_interpolation.ddpm import DDPMSchedule
+from lab.saved import Pending
+from lab.scale import preset
 from lab.train import TrainConfig
 
 SCHED = DDPMSchedule()
@@ -45,8 +49,8 @@ def test_oracle_eps_is_exact_for_a_single_gaussian():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_oracle_sampler_does_not_hallucinate(seed):
-    run = mi.ToyConfig(n_samples=20_000, record_last=10, sample_batch=20_000)
-    out = mi.sample_oracle(run, seed=seed)
+    run = ex.ToyConfig(n_samples=20_000, record_last=10, sample_batch=20_000)
+    out = ex.sample_oracle(run, seed=seed)
     mix = run.mixture()
     x = out.x[:, 0].numpy()
     assert mi.hallucinated(out.x.numpy(), mix).sum() <= 10
@@ -81,14 +85,14 @@ def test_operating_point_and_auroc():
     op = mi.operating_point(hal, labels, 0.96)
     assert op.threshold == pytest.approx(95.04)
     assert op.removal == pytest.approx(2 / 3)
-    assert mi.auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
-    assert mi.auroc([1, 1, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.5)   # ties averaged
-    fpr, tpr, _ = mi.roc_curve([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert auroc([1, 1, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.5)   # ties averaged
+    fpr, tpr, _ = roc_curve([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
     assert np.trapezoid(tpr, fpr) == pytest.approx(0.75)
     with pytest.raises(ValueError, match="retain"):
         mi.operating_point(hal, labels, 1.0)
     with pytest.raises(ValueError, match="both classes"):
-        mi.auroc([0.1, 0.2], [1, 1])
+        auroc([0.1, 0.2], [1, 1])
 
 
 def test_filters():
@@ -159,27 +163,27 @@ def test_network_parameter_counts():
 
 def test_config_validation():
     with pytest.raises(ValueError, match="dataset"):
-        mi.ToyConfig(dataset="circle")
+        ex.ToyConfig(dataset="circle")
     with pytest.raises(ValueError, match="record_last"):
-        mi.ToyConfig(timesteps=50, record_last=100)
+        ex.ToyConfig(timesteps=50, record_last=100)
     with pytest.raises(ValueError, match="scale"):
-        mi.config("huge")
+        preset(ex.PRESETS, "huge")
 
 
 def test_larger_studies_run_save_and_load(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_RUNS_DIR", str(tmp_path / "runs"))
-    micro = mi.ToyConfig(dataset="square", n_data=500, width=16, batch=64, timesteps=50,
+    micro = ex.ToyConfig(dataset="square", n_data=500, width=16, batch=64, timesteps=50,
                          train=TrainConfig(steps=5, lr=1e-3, ema=0.9), n_samples=300, record_last=10,
                          sample_batch=300)
-    cfg = mi.ChapterConfig(line=mi.ToyConfig(), line_gating=False, grids=micro, grid_steps_long=8,
-                           recursive=mi.RecursiveConfig(dataclasses.replace(micro, n_data=200, n_samples=250),
+    cfg = ex.ChapterConfig(line=ex.ToyConfig(), line_gating=False, grids=micro, grid_steps_long=8,
+                           recursive=ex.RecursiveConfig(dataclasses.replace(micro, n_data=200, n_samples=250),
                                                         generations=2, extra=50))
     saved = tmp_path / "saved"
-    results = mi.larger_studies(cfg, scale="gpu", seed=0, saved=saved)
+    results = ex.larger_studies(cfg, scale="gpu", seed=0, saved=saved)
     assert set(results["grids"]) == {"square", "diamond", "square-long"}
     assert len(results["recursive"]["variance"]["rate"]) == 2
-    loaded = mi.larger_studies(mi.config("tiny"), scale="tiny", seed=0, saved=saved)
+    loaded = ex.larger_studies(ex.PRESETS["tiny"], scale="tiny", seed=0, saved=saved)
     assert loaded["grids"]["square"]["rate"] == results["grids"]["square"]["rate"]
     assert np.array_equal(loaded["grids"]["diamond"]["arrays"]["x_rest"], results["grids"]["diamond"]["arrays"]["x_rest"])
-    pending = mi.larger_studies(mi.config("tiny"), scale="tiny", seed=0, saved=tmp_path / "none")
-    assert isinstance(pending, mi.Pending) and "Awaiting a gpu-scale run" in pending._repr_markdown_()
+    pending = ex.larger_studies(ex.PRESETS["tiny"], scale="tiny", seed=0, saved=tmp_path / "none")
+    assert isinstance(pending, Pending) and "Awaiting a gpu-scale run" in pending._repr_markdown_()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from . import _check
 from .data import shapes
 from .nn.tinyclip import TinyCLIP, clip_loss
-from .train import TrainConfig, default_run_dir, run_key, train
+from .train import TrainConfig, resolve_run_dir, train
 
 WORLD = "shapes-world"
 
@@ -50,9 +50,7 @@ def train_tiny_clip(seed: int, config: TinyClipConfig = TinyClipConfig(), *, dev
 
     if config.train.lr_final is not None:
         raise ValueError("config.train.lr_final must be None: the tiny CLIP uses a constant rate")
-    run_dir = None
-    if cache:
-        run_dir = default_run_dir(WORLD, "tiny-clip", run_key(dataclasses.asdict(config), seed))
+    run_dir = resolve_run_dir(cache, WORLD, "tiny-clip", dataclasses.asdict(config), seed)
     return train(model, loss_fn, config.train, seed=seed, run_dir=run_dir,
                  desc=f"tiny CLIP (seed {seed})", device=device)
 

@@ -1,0 +1,1 @@
+"""Chapter 2, ect: Easy Consistency Tuning (arXiv 2406.14548)."""
