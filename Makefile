@@ -31,8 +31,7 @@ html:
 	$(JB) build . -W -n --keep-going
 
 test: setup
-	$(PY) -m pytest -m "not rendered" --nbval-lax --nbval-current-env \
-	    --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout 1200 tests book
+	$(PY) -m pytest -m "not rendered" --nbval-lax --nbval-current-env --nbval-cell-timeout 1200 tests book
 	$(MAKE) html
 	$(PY) -m pytest -m rendered tests
 
