@@ -8,7 +8,6 @@ only; :func:`open_cache` therefore empties it whenever the source of ``lab`` has
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -18,19 +17,12 @@ from . import paths
 KERNEL = "python3"
 
 
-def lab_source_hash() -> str:
-    h = hashlib.sha256()
-    for src in sorted(Path(__file__).resolve().parent.rglob("*.py")):
-        h.update(src.name.encode() + src.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def open_cache(folder: Path | None = None):
     """The book's jupyter-cache, emptied first if it was filled by another version of ``lab``."""
     from jupyter_cache import get_cache
     folder = Path(folder) if folder is not None else paths.jupyter_cache_dir()
     stamp = folder.parent / ".jupyter_cache.lab-hash"
-    current = lab_source_hash()
+    current = paths.source_hash()
     if folder.exists() and (not stamp.exists() or stamp.read_text() != current):
         shutil.rmtree(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,8 @@
 """Where results, run checkpoints and the book's execution cache live."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from pathlib import Path
 
@@ -46,3 +48,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+LAB = Path(__file__).resolve().parent
+
+
+@functools.lru_cache(maxsize=1)
+def _hash_of(stamps: tuple) -> str:
+    h = hashlib.sha256()
+    for rel, _, _ in stamps:
+        h.update(rel.encode() + b"\0" + (LAB / rel).read_bytes())
+    return h.hexdigest()[:16]
+
+
+
+def source_hash() -> str:
+    """A short hash of every ``.py`` file of ``lab`` (paths and contents): it names the code
+    that produced a checkpoint, a cached notebook or a record, and changes with any edit."""
+    files = sorted(LAB.rglob("*.py"))
+    stamps = tuple((str(f.relative_to(LAB)), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    return _hash_of(stamps)

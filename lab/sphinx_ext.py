@@ -82,9 +82,9 @@ def fill_ledger(app, doctree, docname):
 def docs_to_reread(app, env, added, changed, removed):
     """The ledger page on every build; every notebook when the source of ``lab`` has changed
     (Sphinx tracks only the notebook files, and their outputs depend on ``lab`` too)."""
-    from .book import lab_source_hash
+    from .paths import source_hash
     docs = [doc for doc, meta in env.metadata.items() if meta.get("lab_ledger")]
-    current = lab_source_hash()
+    current = source_hash()
     if getattr(env, "lab_source_hash", None) != current:
         env.lab_source_hash = current
         docs += [doc for doc in env.found_docs if str(env.doc2path(doc)).endswith(".ipynb")]

@@ -24,7 +24,6 @@ import torch
 
 from . import _check, paths
 
-
 OPTIMIZERS = ("adam", "adamw", "radam")
 DECAYS = ("cosine", "linear")
 
@@ -122,8 +121,7 @@ def run_key(*parts) -> str:
     h = hashlib.sha256()
     for part in parts:
         h.update(json.dumps(part, sort_keys=True, default=repr).encode())
-    for src in sorted(Path(__file__).resolve().parent.rglob("*.py")):
-        h.update(src.read_bytes())
+    h.update(paths.source_hash().encode())
     return h.hexdigest()[:16]
 
 

@@ -1,6 +1,7 @@
 import nbformat
 
-from lab.book import lab_source_hash, open_cache, store_executed
+from lab.book import open_cache, store_executed
+from lab.paths import source_hash
 
 
 def notebook():
@@ -28,7 +29,7 @@ def test_the_cache_is_emptied_when_lab_changes(tmp_path):
     nbformat.write(notebook(), source)
     store_executed(notebook(), source, folder)
     stamp = folder.parent / ".jupyter_cache.lab-hash"
-    assert stamp.read_text() == lab_source_hash()
+    assert stamp.read_text() == source_hash()
     stamp.write_text("another-lab")
     cache = open_cache(folder)
     assert cache.list_cache_records() == []
