@@ -1,7 +1,9 @@
 """Argument checks shared by every public function: each error names the argument and what it accepts."""
 from __future__ import annotations
 
+import functools
 import math
+import os
 from numbers import Integral, Real
 from typing import Iterable
 
@@ -63,3 +65,23 @@ def array(name: str, value, *, ndim: int | tuple[int, ...] | None = None, finite
     if finite and not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite; it contains NaN or inf")
     return arr
+
+
+def reads_values(tensor) -> bool:
+    """Whether a check may read `tensor`'s values (finiteness, ranges): always on the CPU, where
+    it is cheap; on an accelerator only with ``LAB_DEBUG=1``, since reading values there waits
+    for the device (a sync per call in a training loop)."""
+    return tensor.device.type == "cpu" or os.environ.get("LAB_DEBUG", "").strip() == "1"
+
+
+def checked_by(checker):
+    """Decorate a function with its argument checks: ``checker`` takes the same arguments and
+    raises on bad ones; it runs first. The function's own body stays the method alone, which is
+    what a chapter shows with ``Source``."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            checker(*args, **kwargs)
+            return fn(*args, **kwargs)
+        return checked
+    return decorate

@@ -225,10 +225,10 @@ def greedy_mec(*marginals, sparse: bool = False):
 
 
 def greedy_trace(*marginals) -> list[tuple[tuple[int, ...], float, list[np.ndarray]]]:
-    """The plain greedy loop, round by round: (cell, δ, what is left of each marginal after it).
+    """The plain greedy loop, round by round: (cell, δ, what is left of each marginal).
 
-    An O(n) argmax per round (first index on ties), O(n²) overall: the specification that
-    :func:`greedy_mec` is tested against, and what the chapter's stepper shows."""
+    An O(n) argmax per round (first index on ties), O(n²) overall: the specification
+    that :func:`greedy_mec` is tested against, and what the chapter's stepper shows."""
     ps = _marginals(marginals)
     n = max(len(p) for p in ps)
     rest = np.stack([np.pad(p, (0, n - len(p))) for p in ps])
@@ -692,7 +692,8 @@ class IMEC:
     def _run(self, x=None, y=None, rng=None, record=False):
         """One pass over Y's tokens: returns (y, log-likelihood of the pass, posterior).
 
-        x known → likelihood p(y|x); x unknown → ν(y). y given → replay it; else sample."""
+        x known → likelihood p(y|x); x unknown → ν(y). y given → replay it; else
+        sample."""
         post = self._posterior()
         prefix: tuple[int, ...] = ()
         total = 0.0
@@ -700,7 +701,7 @@ class IMEC:
         while not self.nu.is_terminal(prefix):
             j = len(prefix)
             if y is not None and j >= len(y):
-                raise ValueError(f"y has {len(y)} tokens; nu needs more before it terminates")
+                raise ValueError(f"y has {len(y)} tokens; nu needs more to terminate")
             q = self._nu_conditional(prefix)
             ids = np.arange(len(q))
             while True:
@@ -709,8 +710,9 @@ class IMEC:
                     tok = self._pick(q, ids, y, j, rng)
                     total += _log(float(q[tok]))
                     if record:
-                        steps.append(Step(j, handle, blocks.copy(), None, q, ids, tok, ids[[tok]],
-                                          blocks.copy(), copy.deepcopy(post)))
+                        steps.append(Step(j, handle, blocks.copy(), None, q, ids, tok,
+                                          ids[[tok]], blocks.copy(),
+                                          copy.deepcopy(post)))
                     break
                 M = greedy_mec(q, blocks)
                 if x is None:
@@ -730,15 +732,16 @@ class IMEC:
                 group = proportional_rows(M, tok) if self.merge else np.array([tok])
                 total += _log(float(sel[group].sum()))
                 if record:
-                    steps.append(Step(j, handle, blocks.copy(), M, q, ids, tok, ids[group],
-                                      new_blocks.copy(), copy.deepcopy(post)))
+                    steps.append(Step(j, handle, blocks.copy(), M, q, ids, tok,
+                                      ids[group], new_blocks.copy(),
+                                      copy.deepcopy(post)))
                 if len(group) == 1:
                     break
                 q = q[group] / q[group].sum()
                 ids = ids[group]
             prefix += (int(ids[tok]),)
         if y is not None and len(y) != len(prefix):
-            raise ValueError(f"y has {len(y)} tokens; nu terminates after {len(prefix)}")
+            raise ValueError(f"y has {len(y)} tokens; nu ends after {len(prefix)}")
         if record:
             self.steps = steps
         return prefix, total, post

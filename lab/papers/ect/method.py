@@ -31,18 +31,23 @@ GRAD_CLAMP = 1e5          # gradients: NaN → 0, ±inf → ±1e5 (as the offici
 # ---------------------------------------------------------------------------------------------
 # EDM preconditioning: D(x, t) = c_skip·x + c_out·F(c_in·x, c_noise)
 # ---------------------------------------------------------------------------------------------
+def _precond_args(t, sigma_data: float, *, form: str = "train", sigma_min: float = SIGMA_MIN) -> None:
+    _check.choice("form", form, FORMS)
+    _check.real("sigma_data", sigma_data, low=0, low_open=True)
+    _check.real("sigma_min", sigma_min, low=0)
+
+
+@_check.checked_by(_precond_args)
 def precond(t, sigma_data: float, *, form: str = "train", sigma_min: float = SIGMA_MIN):
     """(c_skip, c_out, c_in, c_noise) at noise level(s) `t` (float or tensor).
 
-    ``train``: EDM's c_skip = σd²/(t²+σd²), c_out = tσd/√(t²+σd²) (an EDM checkpoint loads
-    unchanged). ``eval``: t − σ_min replaces t in c_skip and in c_out's numerator, so
-    c_skip = 1 and c_out = 0 at t = σ_min: f(x, σ_min) = x exactly. Both: c_in = 1/√(t²+σd²),
-    c_noise = ¼ ln t.
+    ``train``: EDM's c_skip = σd²/(t²+σd²), c_out = tσd/√(t²+σd²) (an EDM checkpoint
+    loads unchanged). ``eval``: t − σ_min replaces t in c_skip and in c_out's numerator,
+    so c_skip = 1 and c_out = 0 at t = σ_min: f(x, σ_min) = x exactly.
+    Both: c_in = 1/√(t²+σd²), c_noise = ¼ ln t.
     """
-    _check.choice("form", form, FORMS)
-    sigma_data = _check.real("sigma_data", sigma_data, low=0, low_open=True)
-    sigma_min = _check.real("sigma_min", sigma_min, low=0)
-    t_tensor = torch.as_tensor(t, dtype=torch.float64 if not torch.is_tensor(t) else t.dtype)
+    dtype = t.dtype if torch.is_tensor(t) else torch.float64
+    t_tensor = torch.as_tensor(t, dtype=dtype)
     s = t_tensor - sigma_min if form == "eval" else t_tensor
     root = (t_tensor ** 2 + sigma_data ** 2).sqrt()
     c_skip = sigma_data ** 2 / (s ** 2 + sigma_data ** 2)
@@ -150,7 +155,7 @@ def _check_batch(y: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"y must be a torch tensor; got {type(y).__name__}")
     if y.dim() < 2:
         raise ValueError(f"y must have shape (batch, ...); got {tuple(y.shape)}")
-    if not bool(torch.isfinite(y).all()):
+    if _check.reads_values(y) and not bool(torch.isfinite(y).all()):
         raise ValueError("y (the clean data) must be finite; it contains NaN or inf")
     return y
 
@@ -199,23 +204,30 @@ def _set_rng_state(device: torch.device, state) -> None:
         torch.set_rng_state(state)
 
 
-def ect_loss(model: nn.Module, y: torch.Tensor, t: torch.Tensor, r: torch.Tensor, eps: torch.Tensor, *,
-             c: float = 0.0, weighting: str = "inv_dt", share_dropout: bool = True) -> torch.Tensor:
-    """Per-sample ECT loss w(t, r)·d(D(y + tε, t), target), as a (batch,) tensor.
-
-    The student runs with gradients; the teacher is the *same* online network under no_grad at
-    level r on the same ε (x_r = y + rε), with the same dropout mask (the device RNG is restored
-    before its pass unless ``share_dropout=False``). Where r = 0 the target is y; the teacher is
-    evaluated at a valid level there (t) and its output discarded with ``where``, so no NaN of
-    c_noise = ln 0 can leak. Teacher outputs are nan_to_num'ed before the selection.
-    """
+def _ect_loss_args(model: nn.Module, y: torch.Tensor, t: torch.Tensor, r: torch.Tensor, eps: torch.Tensor,
+                   **options) -> None:
     y = _check_batch(y)
     if t.shape != (len(y),) or r.shape != (len(y),):
         raise ValueError(f"t and r must have shape ({len(y)},); got {tuple(t.shape)} and {tuple(r.shape)}")
     if eps.shape != y.shape:
         raise ValueError(f"eps must have y's shape {tuple(y.shape)}; got {tuple(eps.shape)}")
-    if bool((r < 0).any()) or bool((r > t).any()):
+    if _check.reads_values(r) and (bool((r < 0).any()) or bool((r > t).any())):
         raise ValueError("r must satisfy 0 ≤ r ≤ t")
+
+
+@_check.checked_by(_ect_loss_args)
+def ect_loss(model: nn.Module, y: torch.Tensor, t: torch.Tensor, r: torch.Tensor,
+             eps: torch.Tensor, *, c: float = 0.0, weighting: str = "inv_dt",
+             share_dropout: bool = True) -> torch.Tensor:
+    """Per-sample ECT loss w(t, r)·d(D(y + tε, t), target), as a (batch,) tensor.
+
+    The student runs with gradients; the teacher is the *same* online network under
+    no_grad at level r on the same ε (x_r = y + rε), with the same dropout mask (the
+    device RNG is restored before its pass unless ``share_dropout=False``). Where r = 0
+    the target is y; the teacher is evaluated at a valid level there (t) and its output
+    discarded with ``where``, so no NaN of c_noise = ln 0 can leak. Teacher outputs are
+    nan_to_num'ed before the selection.
+    """
     shape = (-1,) + (1,) * (y.dim() - 1)
     state = _rng_state(y.device)
     student = model(y + t.view(shape) * eps, t, form="train")

@@ -53,20 +53,29 @@ def recipe(init: str) -> Recipe | None:
             "identity conv": Recipe(identity_conv=True)}[init]
 
 
-@torch.no_grad()
-def mimetic_(model, recipe: Recipe = Recipe(), generator: torch.Generator | None = None):
-    """Apply the mimetic recipe in place to every Mamba-1/Mamba-2 mixer of `model` (or to a mixer).
+def _mixers(model) -> list:
+    return [m for m in ([model] if isinstance(model, (Mamba1, Mamba2)) else model.modules())
+            if isinstance(m, (Mamba1, Mamba2))]
 
-    Apply it *after* the model's own init pass (``SSMLM`` runs it in its constructor): a later
-    re-initialisation would undo it. Returns `model`.
-    """
+
+def _mimetic_args(model, recipe: Recipe = Recipe(), generator: torch.Generator | None = None) -> None:
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a Recipe; got {type(recipe).__name__}")
-    mixers = [m for m in ([model] if isinstance(model, (Mamba1, Mamba2)) else model.modules())
-              if isinstance(m, (Mamba1, Mamba2))]
-    if not mixers:
+    if not _mixers(model):
         raise TypeError(f"model must be or contain a Mamba1/Mamba2 mixer; got {type(model).__name__}")
-    for m in mixers:
+
+
+@_check.checked_by(_mimetic_args)
+@torch.no_grad()
+def mimetic_(model, recipe: Recipe = Recipe(),
+             generator: torch.Generator | None = None):
+    """Apply the mimetic recipe in place to every Mamba-1/Mamba-2 mixer of `model`
+    (or to a mixer).
+
+    Apply it *after* the model's own init pass (``SSMLM`` runs it in its constructor):
+    a later re-initialisation would undo it. Returns `model`.
+    """
+    for m in _mixers(model):
         if recipe.no_decay:
             m.A_log.fill_(recipe.A_log)
         bias = m.dt_bias if isinstance(m, Mamba2) else m.dt_proj.bias

@@ -23,15 +23,22 @@ RETAIN = 0.96                # operating point: keep 96 % of in-support samples
 # ---------------------------------------------------------------------------------------------
 # The oracle: exact posterior mean and noise of a Gaussian mixture
 # ---------------------------------------------------------------------------------------------
-def oracle_posterior_mean(x: torch.Tensor, t: int, mixture: Mixture, schedule: DDPMSchedule) -> torch.Tensor:
+def _posterior_args(x, t: int, mixture: Mixture, schedule: DDPMSchedule) -> None:
+    _check.integer("t", t, low=0, high=schedule.T - 1)
+    shape = tuple(torch.as_tensor(x).shape)
+    if len(shape) != 2 or shape[1] != mixture.dim:
+        raise ValueError(f"x must have shape (n, {mixture.dim}); got {shape}")
+
+
+@_check.checked_by(_posterior_args)
+def oracle_posterior_mean(x: torch.Tensor, t: int, mixture: Mixture,
+                          schedule: DDPMSchedule) -> torch.Tensor:
     """E[x0 | x_t = x] for the mixture, in float64.
 
-    v_t = ᾱσ² + 1 − ᾱ; r_k ∝ N(x; √ᾱ μ_k, v_t I); E[x0|x] = Σ_k r_k [μ_k + (√ᾱ σ²/v_t)(x − √ᾱ μ_k)].
+    v_t = ᾱσ² + 1 − ᾱ;  r_k ∝ N(x; √ᾱ μ_k, v_t I);
+    E[x0|x] = Σ_k r_k [μ_k + (√ᾱ σ²/v_t)(x − √ᾱ μ_k)].
     """
-    t = _check.integer("t", t, low=0, high=schedule.T - 1)
     x = torch.as_tensor(x, dtype=torch.float64)
-    if x.dim() != 2 or x.shape[1] != mixture.dim:
-        raise ValueError(f"x must have shape (n, {mixture.dim}); got {tuple(x.shape)}")
     ab = float(schedule.alpha_bars[t])
     mu = torch.as_tensor(mixture.modes, dtype=torch.float64, device=x.device)
     v = ab * mixture.sigma ** 2 + 1.0 - ab
@@ -53,13 +60,18 @@ def oracle_eps(mixture: Mixture, schedule: DDPMSchedule):
 # ---------------------------------------------------------------------------------------------
 # The metric, the labels, the filter
 # ---------------------------------------------------------------------------------------------
+def _path_args(x0_path, K: int = 10) -> None:
+    path = _check.array("x0_path", x0_path, ndim=(2, 3), finite=False)
+    _check.integer("K", K, low=2, high=path.shape[1])
+
+
+@_check.checked_by(_path_args)
 def trajectory_variance(x0_path, K: int = 10) -> np.ndarray:
     """Hal(x): population variance of x̂0 over the last K reverse steps (t = K−1 … 0),
-    averaged over coordinates. `x0_path` is (n, R) or (n, R, d) in reverse-time order."""
-    path = _check.array("x0_path", x0_path, ndim=(2, 3), finite=False)
+    averaged over coordinates. `x0_path`: (n, R) or (n, R, d), in reverse-time order."""
+    path = np.asarray(x0_path, dtype=np.float64)
     if path.ndim == 2:
         path = path[..., None]
-    K = _check.integer("K", K, low=2, high=path.shape[1])
     return path[:, -K:, :].var(axis=1, ddof=0).mean(axis=1)
 
 

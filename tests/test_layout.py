@@ -1,0 +1,157 @@
+"""The shape of `lab` and the book: a folder per paper, no imports between papers, no import
+cycles, listings that show the method, and notebook checks that can fail."""
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from lab.chapters import CHAPTERS
+
+ROOT = Path(__file__).resolve().parent.parent
+LAB = ROOT / "lab"
+PAPERS = LAB / "papers"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every `lab` module that `path` imports, at module level or inside a function."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "lab"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "lab":
+                continue
+            for alias in node.names:   # `from . import x` may name a submodule
+                sub = f"{target}.{alias.name}"
+                found.add(sub if _is_module(sub) else target)
+    return found
+
+
+def _is_module(name: str) -> bool:
+    rel = Path(*name.split("."))
+    return (ROOT / rel).with_suffix(".py").exists() or (ROOT / rel / "__init__.py").exists()
+
+
+def graph() -> dict[str, set[str]]:
+    """Module → the lab modules it imports (the root package `lab` itself left out: importing
+    it for its version or `start` is not a dependency between parts)."""
+    return {module_name(p): {m for m in imports_of(p) if m != "lab"} for p in LAB.rglob("*.py")}
+
+
+def paper_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[1] == "papers" else None
+
+
+def test_a_folder_per_paper_in_book_order():
+    folders = sorted(p.name for p in PAPERS.iterdir() if (p / "__init__.py").exists())
+    chapter_folders = [c.id.replace("-", "_") for c in CHAPTERS]
+    assert set(folders) <= set(chapter_folders), "a paper folder that is no chapter"
+    for chapter in CHAPTERS:
+        folder = PAPERS / chapter.id.replace("-", "_")
+        if chapter.ready:
+            for part in ("method.py", "experiments.py", "figures.py"):
+                assert (folder / part).exists(), f"{chapter.id} has no {part}"
+            assert hasattr(importlib.import_module(f"lab.papers.{folder.name}.experiments"), "PRESETS")
+
+
+def test_papers_never_import_each_other():
+    crossing = [(m, d) for m, deps in graph().items() for d in deps
+                if paper_of(m) and paper_of(d) and paper_of(m) != paper_of(d)]
+    assert not crossing, f"imports between paper folders: {crossing}"
+
+
+def test_shared_cores_never_import_a_paper():
+    upward = [(m, d) for m, deps in graph().items() for d in deps
+              if not paper_of(m) and paper_of(d)]
+    upward = [(m, d) for m, d in upward if m != "lab.papers"]
+    assert not upward, f"shared modules importing a paper: {upward}"
+
+
+def test_no_import_cycles():
+    g = graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node):
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(g.get(node, ())):
+            if state.get(dep) == 1:
+                cycle = stack[stack.index(dep):] + [dep]
+                pytest.fail("import cycle: " + " → ".join(cycle))
+            if dep not in state:
+                visit(dep)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(g):
+        if node not in state:
+            visit(node)
+
+
+def test_the_cycle_check_catches_a_cycle(tmp_path, monkeypatch):
+    """The checker itself: a made-up graph with a cycle must fail."""
+    monkeypatch.setattr(__import__(__name__), "graph", lambda: {"a": {"b"}, "b": {"a"}})
+    with pytest.raises(pytest.fail.Exception, match="import cycle"):
+        test_no_import_cycles()
+
+
+def notebooks():
+    return [c.notebook for c in CHAPTERS if c.ready]
+
+
+@pytest.mark.parametrize("path", notebooks(), ids=lambda p: p.stem)
+def test_no_output_comparison_on_notebooks_stored_without_outputs(path):
+    """NBVAL_CHECK_OUTPUT compares nothing when the notebook has no stored outputs."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert "NBVAL_CHECK_OUTPUT" not in cell.source or cell.outputs, cell.source[:80]
+
+
+def _listed(path):
+    """The objects a notebook shows with Source(...), resolved with its own imports."""
+    nb = nbformat.read(path, as_version=4)
+    namespace: dict = {}
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        for line in cell.source.splitlines():
+            if re.match(r"^(from lab|import )", line) and "start(" not in line:
+                exec(line, namespace)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            for expr in re.findall(r"^Source\((.+)\)\s*$", cell.source, re.M):
+                yield expr, eval(expr, namespace)
+
+
+@pytest.mark.parametrize("path", notebooks(), ids=lambda p: p.stem)
+def test_listings_show_the_method_within_the_page_width(path):
+    from lab.viz import Source
+    listed = list(_listed(path))
+    assert listed, f"{path.stem} shows no code"
+    for expr, obj in listed:
+        code = Source(obj).code
+        body = "\n".join(line for line in code.splitlines() if not line.lstrip().startswith("@"))
+        assert "_check." not in body, f"{expr}: argument checks belong in a wrapper, not the listing"
+        long = [line for line in code.splitlines() if len(line) > 88]
+        assert not long, f"{expr}: lines over 88 characters: {long[:2]}"
