@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from lab.data import shapes
@@ -44,5 +45,9 @@ def test_explorers_have_static_twins_within_the_frame_limit():
 def test_ranking_auc_for_a_named_attribute_and_loss_floor():
     images, attrs, _ = shapes.images_with_captions(40, 1)
     res = figs.ranking(_models()["base"], images, attrs, "the first is larger than the second")
-    assert 0 <= res["auc"] <= 1 and sorted(res["order"]) == list(range(40))
+    assert sorted(res["order"]) == list(range(40))
+    col, value = figs.RANK_TEXTS["the first is larger than the second"]
+    pos, neg = res["scores"][attrs[:, col] == value], res["scores"][attrs[:, col] != value]
+    pairs = [(p > n) + 0.5 * (p == n) for p in pos for n in neg]     # AUC by its definition
+    assert res["auc"] == pytest.approx(sum(pairs) / len(pairs), abs=1e-12)
     assert figs.loss_floor(512, 1.0) == math.log(1 + 511 / math.e)
