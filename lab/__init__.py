@@ -4,4 +4,4 @@ Light on import: heavy modules (torch, matplotlib, accelerate) load when a submo
 """
 __version__ = "0.1.0"
 
-from .scale import start  # noqa: E402  (light: the standard library and argument checks only)
+from .scale import start as start  # noqa: E402  (light: the standard library and argument checks)

@@ -61,7 +61,6 @@ def _hash_of(stamps: tuple) -> str:
     return h.hexdigest()[:16]
 
 
-
 def source_hash() -> str:
     """A short hash of every ``.py`` file of ``lab`` (paths and contents): it names the code
     that produced a checkpoint, a cached notebook or a record, and changes with any edit."""

@@ -101,12 +101,3 @@ def zero_shot_predictions(image_emb: torch.Tensor, class_emb: torch.Tensor) -> n
         raise ValueError(f"image_emb and class_emb must share their width; got "
                          f"{image_emb.shape[-1]} and {class_emb.shape[-1]}")
     return (image_emb @ class_emb.T).argmax(dim=1).cpu().numpy()
-
-
-def zero_shot_accuracy(model, images, labels, prompts) -> float:
-    """Accuracy of the zero-shot classifier over `prompts` (class k = prompts[k])."""
-    labels = np.asarray(labels)
-    pred = zero_shot_predictions(image_embeddings(model, images), text_embeddings(model, prompts))
-    if labels.shape != pred.shape:
-        raise ValueError(f"labels must have one entry per image ({len(pred)}); got {labels.shape}")
-    return float((pred == labels).mean())

@@ -162,8 +162,6 @@ PRESETS = {
 }
 
 
-
-
 @torch.no_grad()
 def domain_losses(model: torch.nn.Module, sequences: Sequence[torch.Tensor], batch: int = 256) -> np.ndarray:
     """Mean next-token loss of `model` on each domain's held-out sequences, (K,)."""
@@ -178,7 +176,8 @@ def domain_losses(model: torch.nn.Module, sequences: Sequence[torch.Tensor], bat
 
 def train_lm(cfg: LMConfig, kind: str, *, seed: int, device="cpu", desc: str | None = None) -> dict:
     """Train the small GPT on the mixture under policy `kind` (natural | uniform | ado) and
-    evaluate it. The policy's sampling and per-domain bookkeeping live in ``loss_fn``.
+    evaluate it. The policy picks each batch's mixture in ``loss_fn``; it sees the batch's
+    per-domain losses after the step (``on_step``), before the next batch is drawn.
 
     No checkpoint folder: the trainer would not save the policy's state with the weights, so a
     resumed ADO run would not replay exactly; each run trains from scratch (about a minute at tiny).
@@ -187,23 +186,24 @@ def train_lm(cfg: LMConfig, kind: str, *, seed: int, device="cpu", desc: str | N
     policy = make_policy(kind, world.names, cfg.prior, cfg.ado)
     torch.manual_seed(seed)                                   # the initial weights
     model = cfg.model(world.vocab).to(device)
-    step_seconds: list[float] = []
+    batch_stats: list = []
 
     def loss_fn(net, generator):
-        start = time.perf_counter()
         g = generator
         if generator.device.type != "cpu":                    # token tables live on the CPU
             g = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator,
                                                                 device=generator.device)))
         tokens, ids = world.sample(policy.weights(), cfg.batch, g)
         losses = sequence_losses(net, tokens.to(device))
-        counts, sums = domain_batch_stats(ids.to(losses.device), losses, len(world.domains))
-        policy.observe(counts, sums)
-        step_seconds.append(time.perf_counter() - start)
+        batch_stats[:] = [domain_batch_stats(ids.to(losses.device), losses, len(world.domains))]
         return losses.mean()
 
+    def on_step(step, net):
+        policy.observe(*batch_stats[0])
+
     t0 = time.perf_counter()
-    result = train(model, loss_fn, cfg.train, seed=seed, desc=desc or f"training ({kind})", device=device)
+    result = train(model, loss_fn, cfg.train, seed=seed, desc=desc or f"training ({kind})", device=device,
+                   on_step=on_step)
     seconds = time.perf_counter() - t0
     val = domain_losses(result.model, world.validation(cfg.n_val, seed))
     rec = policy.record()
@@ -212,8 +212,3 @@ def train_lm(cfg: LMConfig, kind: str, *, seed: int, device="cpu", desc: str | N
                fit_seconds=getattr(policy, "fit_seconds", 0.0),
                policy_seconds=getattr(policy, "policy_seconds", 0.0))
     return rec
-
-
-def run_policies(cfg: ChapterConfig, *, seed: int, device="cpu") -> dict[str, dict]:
-    """Train one model per policy with the same budget; returns {kind: record}."""
-    return {kind: train_lm(cfg.lm, kind, seed=seed, device=device) for kind in cfg.policies}

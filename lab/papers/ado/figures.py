@@ -16,12 +16,6 @@ def _colour(k: int) -> str:
     return COLOURS[k % len(COLOURS)]
 
 
-def _smooth(x: np.ndarray, window: int = 25) -> np.ndarray:
-    window = max(1, min(window, len(x)))
-    pad = np.pad(x, (window // 2, window - 1 - window // 2), mode="edge")
-    return np.convolve(pad, np.ones(window) / window, mode="valid")
-
-
 def _stack(ax, pi: np.ndarray, names, step: int | None = None):
     t = np.arange(len(pi))
     ax.stackplot(t, pi.T, colors=[_colour(k) for k in range(pi.shape[1])], labels=names, alpha=0.85)

@@ -524,12 +524,6 @@ def make_policy(kind: str, names: Sequence[str], prior, ado: ADOConfig | None = 
     return ADOPolicy(names, prior, ado or ADOConfig())
 
 
-def largest_dip(series) -> float:
-    """The largest drop of a series below its running maximum (0 for a non-decreasing series)."""
-    x = _check.array("series", series, ndim=1, min_len=1)
-    return float((np.maximum.accumulate(x) - x).max())
-
-
 def domain_batch_stats(domain_ids: torch.Tensor, losses: torch.Tensor, K: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-domain (sequence counts, loss sums) of a batch, summed over all processes, so that every
     process updates its policy with the same numbers and samples from the same π."""
@@ -545,5 +539,3 @@ def domain_batch_stats(domain_ids: torch.Tensor, losses: torch.Tensor, K: int) -
         pass
     stats = stats.cpu()
     return stats[0].numpy(), stats[1].numpy()
-
-

@@ -86,8 +86,6 @@ PRESETS = {
 }
 
 
-
-
 def uniform(n: int) -> np.ndarray:
     return np.full(n, 1.0 / n)
 

@@ -271,13 +271,3 @@ def stego_playground(cfg: "am.DemoConfig", scale: str, seed: int) -> Explorer:
     return Explorer(render, {"message": list(cfg.examples), "cover_tokens": list(cfg.cover_lengths),
                              "prior": ["correct", "uniform"]},
                     title="Steganography playground", defaults={"cover_tokens": cfg.cover_lengths[2]})
-
-
-def roundtrip_table(demo_cfg: "am.DemoConfig", seed: int):
-    """Decoding success for each example message × covertext length × prior, as text rows."""
-    rows, demo = [], am.demo_models(demo_cfg)
-    for message in demo_cfg.examples:
-        for prior in ("correct", "uniform"):
-            ok = [am.stego_roundtrip(demo, message, L, prior, seed).exact for L in demo_cfg.cover_lengths]
-            rows.append((message, prior, ok))
-    return rows

@@ -386,8 +386,6 @@ class Markov:
             state = state @ self.transition
         return total
 
-    def log_prob(self, seq) -> float:
-        return sequence_log_prob(self, seq)
 
     def sample(self, rng: np.random.Generator):
         return sample_sequence(self, rng)

@@ -136,5 +136,3 @@ def colour_prompts() -> list[str]:
 def colour_pair_text(i: int, j: int) -> str:
     """How colour class i differs from colour class j."""
     return f"the first is {shapes.COLOUR_NAMES[i]} while the second is {shapes.COLOUR_NAMES[j]}"
-
-

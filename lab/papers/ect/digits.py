@@ -88,10 +88,11 @@ def tune(cfg: DigitsConfig, images, start: EDMPrecond | None, *, seed: int, devi
     else:
         model = copy.deepcopy(start).to(device)
         model.iteration.zero_()
-    probe = EMAProbe(cfg.ect.stage_steps, cfg.tune.ema or 0.999)
-    fn = ect_loss_fn(_batches(images, cfg.batch), cfg.ect, cfg.batch, probe)
+    probe = EMAProbe(model, cfg.ect.stage_steps, cfg.tune.ema or 0.999, cfg.tune.steps)
+    fn = ect_loss_fn(_batches(images, cfg.batch), cfg.ect, cfg.batch)
     result = train(model, fn, cfg.tune, seed=seed + 1, run_dir=run_dir,
-                   desc="ECT (digits)" if start is not None else "CT from scratch (digits)", device=device)
+                   desc="ECT (digits)" if start is not None else "CT from scratch (digits)", device=device,
+                   on_step=probe.on_step)
     return result, probe.snapshots
 
 

@@ -100,8 +100,6 @@ PRESETS = {
 }
 
 
-
-
 def held_out(cfg: RingConfig, seed: int) -> np.ndarray:
     """n_eval held-out data points (the reference sample of every metric)."""
     return cfg.mixture().sample(cfg.n_eval, 50_000 + seed)
@@ -167,11 +165,12 @@ def consistency_train(cfg: RingConfig, start: EDMPrecond | None, sigma_data: flo
         model = copy.deepcopy(start).to(device)
         model.iteration.zero_()
     mixture = cfg.mixture()
-    probe = EMAProbe(cfg.probe_every, cfg.tune.ema or 0.999)
-    loss_fn = ect_loss_fn(lambda n, g: draw(mixture, n, g), cfg.ect, cfg.tune_batch, probe)
+    probe = EMAProbe(model, cfg.probe_every, cfg.tune.ema or 0.999, cfg.tune.steps)
+    loss_fn = ect_loss_fn(lambda n, g: draw(mixture, n, g), cfg.ect, cfg.tune_batch)
     run_dir = resolve_run_dir(run_dir, "ect", name, dataclasses.asdict(cfg), sigma_data, seed, start is None)
     began = time.time()
-    result = train(model, loss_fn, cfg.tune, seed=seed + 1, run_dir=run_dir, desc=name, device=device)
+    result = train(model, loss_fn, cfg.tune, seed=seed + 1, run_dir=run_dir, desc=name, device=device,
+                   on_step=probe.on_step)
     complete = result.resumed_from == cfg.tune.steps
     seconds = _wall_time(run_dir, time.time() - began, complete)
     snapshots = probe.snapshots

@@ -284,30 +284,28 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 class EMAProbe:
-    """Snapshots of an EMA of the weights every `every` steps, taken from inside the loss closure,
-    before each step (the timing the chapter's numbers were measured with; ``train(on_step=...)``
-    would see the weights after the step). Used to trace quality against tuning steps."""
+    """Snapshots of an EMA of the weights every `every` steps before the last (the last one is
+    the run's own EMA model), to trace quality against tuning steps. Make it from the model
+    before training, so the average starts at the initial weights as the trainer's does, and
+    pass ``probe.on_step`` to :func:`lab.train.train`."""
 
-    def __init__(self, every: int, beta: float):
+    def __init__(self, model: nn.Module, every: int, beta: float, steps: int):
         self.every = _check.integer("every", every, low=1)
-        self.beta = beta
-        self.ema: EMA | None = None
+        self.steps = _check.integer("steps", steps, low=1)
+        self.ema = EMA(model, beta)
         self.snapshots: dict[int, dict[str, torch.Tensor]] = {}
 
-    def __call__(self, model: nn.Module, step: int) -> None:
-        if self.ema is None:
-            self.ema = EMA(model, self.beta)
-        else:
-            self.ema.update(model)
-        if step > 0 and step % self.every == 0:
+    def on_step(self, step: int, model: nn.Module) -> None:
+        self.ema.update(model)
+        if step % self.every == 0 and step < self.steps:
             self.snapshots[step] = {k: v.detach().clone().cpu() for k, v in self.ema.shadow.items()}
 
 
-def ect_loss_fn(data_fn: Callable[[int, torch.Generator], torch.Tensor], config: ECTConfig, batch: int,
-                probe: EMAProbe | None = None) -> Callable:
+def ect_loss_fn(data_fn: Callable[[int, torch.Generator], torch.Tensor], config: ECTConfig,
+                batch: int) -> Callable:
     """The closure the training loop calls: draws y, t and ε, takes r from the stage of the
     model's ``iteration`` counter, returns the mean ECT loss. It installs gradient sanitising on
-    its first call and, if given, feeds `probe`."""
+    its first call."""
     if not isinstance(config, ECTConfig):
         raise TypeError(f"config must be an ECTConfig; got {type(config).__name__}")
     batch = _check.integer("batch", batch, low=1)
@@ -319,8 +317,6 @@ def ect_loss_fn(data_fn: Callable[[int, torch.Generator], torch.Tensor], config:
             sanitize_gradients(net)
             installed.add(id(net))
         step = int(net.iteration)
-        if probe is not None:
-            probe(net, step)
         y = data_fn(batch, generator)
         t = sample_noise_levels(batch, generator, config.p_mean, config.p_std, device=y.device, dtype=y.dtype)
         r = config.r(t, stage_at(step, config.stage_steps))
@@ -405,4 +401,3 @@ def heun_sample(model: EDMPrecond, n: int, generator: torch.Generator, *, steps:
 def nfe(steps: int, heun: bool = True) -> int:
     """Network evaluations of :func:`heun_sample`."""
     return 2 * steps - 1 if heun else steps
-

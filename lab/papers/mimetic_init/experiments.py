@@ -167,27 +167,28 @@ def train_copy(cfg: CopyConfig, init: str, seed: int, device: torch.device | str
     ex, ey = (t.to(device) for t in cfg.eval_data())
     probe = cfg.map_input()[:1].to(device)
     steps, tok, whole, maps = [], [], [], []
-    calls = [0]
 
-    def record(m):
+    def record(step, m):
         t, w = accuracy(m, ex, ey)
-        steps.append(calls[0])
+        steps.append(step)
         tok.append(t)
         whole.append(w)
         with torch.no_grad():
             maps.append({part: [M[0].cpu() for M in m.attention_maps(probe, part)] for part in PARTS})
 
+    def on_step(step, m):
+        if step % cfg.eval_every == 0 and step < cfg.train.steps:
+            record(step, m)
+
     def loss_fn(m, generator):
-        if calls[0] % cfg.eval_every == 0:
-            record(m)
-        calls[0] += 1
         x, y = copy_batch(cfg.batch, cfg.length, cfg.vocab, generator)
         return sequence_loss(m, x, y)
 
     start = time.time()
+    record(0, model)
     result = train(model, loss_fn, cfg.train, seed=1000 + seed, desc=f"{init} · seed {seed}",
-                   device=device)
-    record(result.model)
+                   device=device, on_step=on_step)
+    record(cfg.train.steps, result.model)
     return Run(init, seed, steps, tok, whole, result.losses, maps, time.time() - start, result.model)
 
 

@@ -128,5 +128,3 @@ def mass_share(maps, length: int) -> float:
     M = torch.as_tensor(maps).abs()
     rows = M[..., length + 1:, :]
     return (rows[..., :length].sum() / rows.sum()).item()
-
-

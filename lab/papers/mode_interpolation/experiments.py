@@ -120,8 +120,6 @@ PRESETS = {
 }
 
 
-
-
 def make_data(run: ToyConfig, seed: int) -> np.ndarray:
     """The training set: n_data points of the run's mixture; the data seed follows the chapter seed."""
     return run.mixture().sample(run.n_data, seed)
