@@ -1,9 +1,11 @@
 """Argument checks shared by every public function: each error names the argument and what it accepts."""
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+from collections.abc import Callable, Iterable
 from numbers import Integral, Real
-from typing import Iterable
 
 import numpy as np
 
@@ -63,3 +65,26 @@ def array(name: str, value, *, ndim: int | tuple[int, ...] | None = None, finite
     if finite and not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite; it contains NaN or inf")
     return arr
+
+
+def checked(check: Callable) -> Callable:
+    """Decorate a function with its argument check: the public entry point runs `check` (called with
+    the function's bound arguments, defaults filled in, by name) and then the function.
+
+    The function itself stays the readable method: ``inspect.getsource`` shows its body, and
+    callers that built their arguments themselves (a layer's forward, one kernel calling another)
+    call ``f.unchecked`` and skip checks that would stall a GPU (``isfinite`` forces a sync).
+    """
+    def decorate(fn: Callable) -> Callable:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def entry(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            check(**bound.arguments)
+            return fn(*args, **kwargs)
+
+        entry.unchecked = fn
+        return entry
+    return decorate
