@@ -18,8 +18,9 @@ SCRIPT = textwrap.dedent("""
     import json, os
     os.environ["TRITON_INTERPRET"] = "1"
     import torch
-    from lab.kernels.ssd import ssd, ssd_triton
-    from lab.nn.ssm import ssd_chunked
+    from lab.kernels.ssd import ssd
+    from lab.kernels.ssd_reference import ssd_chunked
+    from lab.kernels.ssd_triton import ssd_triton
     g = torch.Generator().manual_seed(0)
     b, T, H, P, G, N = 1, 50, 4, 8, 2, 16        # T = 50 with chunk 32: the padding path
     X = torch.randn(b, T, H, P, generator=g); a = -torch.rand(b, T, H, generator=g) * 0.3
@@ -82,7 +83,7 @@ def test_mamba_ssm_backend_is_lazy_and_explains():
         with pytest.raises(ImportError, match="gpu"):
             kernels.mamba_chunk_scan(x, dt, A, B, C, 8, backend="mamba_ssm")
     y, _ = kernels.mamba_chunk_scan(x, dt, A, B, C, 8, D=torch.ones(2))
-    from lab.nn.ssm import ssd_chunked
+    from lab.kernels.ssd_reference import ssd_chunked
     assert torch.allclose(y, ssd_chunked(x * dt[..., None], dt * A, B, C, 8)[0] + x)
 
 

@@ -2,12 +2,8 @@
 import pytest
 import torch
 
-from lab.nn.ssm import (
-    SSMLM,
-    Mamba1,
-    Mamba2,
+from lab.kernels.ssd_reference import (
     apply_map,
-    inverse_softplus,
     segsum,
     selective_materialize,
     selective_scan_ref,
@@ -15,6 +11,7 @@ from lab.nn.ssm import (
     ssd_materialize,
     ssd_scan_ref,
 )
+from lab.nn.ssm import SSMLM, Mamba1, Mamba2, inverse_softplus
 
 
 def rand_inputs(b=2, T=200, H=4, P=16, G=2, N=32, dtype=torch.float64, seed=0):
