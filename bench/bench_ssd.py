@@ -1,11 +1,13 @@
 """Why a kernel: the chunked SSD against the sequential scan, the Triton kernel and attention.
 
-CPU (always): time of the sequential scan (:func:`lab.nn.ssm.ssd_scan_ref`) over the chunked
-torch form (:func:`lab.nn.ssm.ssd_chunked`) for several sequence lengths.
+CPU (always): time of the sequential scan (:func:`lab.kernels.ssd_reference.ssd_scan_ref`) over
+the chunked torch form (:func:`lab.kernels.ssd_reference.ssd_chunked`) for several sequence lengths.
 CUDA (when present): at H = 32, P = 64, N = 128, chunk 256, 16K tokens per call, the lab Triton
-kernel's forward against the torch chunked form, mamba-ssm's ``mamba_chunk_scan_combined`` (when
-it imports), causal ``scaled_dot_product_attention`` (head dim 64) and the device's copy bandwidth;
-achieved GB/s counts the bytes of X, a, B, C read and y written once.
+kernel's forward (:func:`lab.kernels.ssd_triton.ssd_triton`) against the torch chunked form,
+mamba-ssm's ``mamba_chunk_scan_combined`` (when it imports), causal ``scaled_dot_product_attention``
+(head dim 64) and the device's copy bandwidth; the lab and torch forms are timed without their
+argument checks (``.unchecked``, as a layer calls them: the finiteness check syncs); achieved
+GB/s counts the bytes of X, a, B, C read and y written once.
 
 Run: PYTHONPATH=. python bench/bench_ssd.py
 """
@@ -14,7 +16,7 @@ import time
 
 import torch
 
-from lab.nn.ssm import ssd_chunked, ssd_scan_ref
+from lab.kernels.ssd_reference import ssd_chunked, ssd_scan_ref
 
 
 def timed(fn, min_time=0.5, sync=lambda: None):
@@ -75,6 +77,7 @@ def cpu_section():
 
 def cuda_section():
     from lab.kernels import ssd as kernels
+    from lab.kernels.ssd_triton import ssd_triton
     dev = torch.device("cuda")
     sync = torch.cuda.synchronize
     print(f"\nCUDA · {torch.cuda.get_device_name(dev)}")
@@ -95,10 +98,10 @@ def cuda_section():
     for b, T in ((8, 2048), (2, 8192), (1, 16384)):
         X, a, B, C = inputs(b, T, H, P, 1, N, dev, torch.bfloat16)
         with torch.no_grad():
-            t_lab = timed(lambda: kernels.ssd_triton(X, a, B, C, Q), sync=sync)
+            t_lab = timed(lambda: ssd_triton.unchecked(X, a, B, C, Q), sync=sync)
             Xf, Bf, Cf = X.float(), B.float(), C.float()
-            t_torch = timed(lambda: ssd_chunked(Xf, a, Bf, Cf, Q), sync=sync)
-            y_lab = kernels.ssd_triton(X, a, B, C, Q)[0].float()
+            t_torch = timed(lambda: ssd_chunked.unchecked(Xf, a, Bf, Cf, Q), sync=sync)
+            y_lab = ssd_triton(X, a, B, C, Q)[0].float()
             y_ref = ssd_chunked(Xf, a, Bf, Cf, Q)[0]
             err = ((y_lab - y_ref).abs() / (5e-2 + 3e-2 * y_ref.abs())).max().item()   # ≤ 1: within bf16 tol
             if mamba is not None:   # the same work in its terms: A = −1, dt = −a (it scales x by dt)

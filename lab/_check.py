@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
+from collections.abc import Callable, Iterable
 from numbers import Integral, Real
-from typing import Iterable
 
 import numpy as np
 
@@ -74,14 +75,24 @@ def reads_values(tensor) -> bool:
     return tensor.device.type == "cpu" or os.environ.get("LAB_DEBUG", "").strip() == "1"
 
 
-def checked_by(checker):
-    """Decorate a function with its argument checks: ``checker`` takes the same arguments and
-    raises on bad ones; it runs first. The function's own body stays the method alone, which is
-    what a chapter shows with ``Source``."""
-    def decorate(fn):
+def checked(check: Callable) -> Callable:
+    """Decorate a function with its argument check: the public entry point runs `check` (called with
+    the function's bound arguments, defaults filled in, by name) and then the function.
+
+    The function itself stays the readable method: ``inspect.getsource`` shows its body, and
+    callers that built their arguments themselves (a layer's forward, one kernel calling another)
+    call ``f.unchecked`` and skip checks that would stall a GPU (``isfinite`` forces a sync).
+    """
+    def decorate(fn: Callable) -> Callable:
+        signature = inspect.signature(fn)
+
         @functools.wraps(fn)
-        def checked(*args, **kwargs):
-            checker(*args, **kwargs)
+        def entry(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            check(**bound.arguments)
             return fn(*args, **kwargs)
-        return checked
+
+        entry.unchecked = fn
+        return entry
     return decorate

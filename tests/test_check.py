@@ -7,14 +7,14 @@ import torch
 from lab import _check
 
 
-def test_checked_by_runs_the_checker_first_and_keeps_the_signature():
+def test_checked_runs_the_check_first_and_keeps_the_signature():
     calls = []
 
     def args(x, *, scale=1.0):
         calls.append("check")
         _check.real("scale", scale, low=0, low_open=True)
 
-    @_check.checked_by(args)
+    @_check.checked(args)
     def double(x, *, scale=1.0):
         """Twice x, scaled."""
         calls.append("body")
@@ -25,6 +25,7 @@ def test_checked_by_runs_the_checker_first_and_keeps_the_signature():
         double(3, scale=0.0)
     assert calls == ["check", "body", "check"]          # the body never ran on bad input
     assert double.__doc__ == "Twice x, scaled." and "scale=1.0" in str(inspect.signature(double))
+    assert double.unchecked(3, scale=0.0) == 0.0          # callers that checked already skip it
 
 
 def test_value_checks_read_cpu_tensors_always_and_device_tensors_only_in_debug(monkeypatch):

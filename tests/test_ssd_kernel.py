@@ -18,8 +18,9 @@ SCRIPT = textwrap.dedent("""
     import json, os
     os.environ["TRITON_INTERPRET"] = "1"
     import torch
-    from lab.kernels.ssd import ssd, ssd_triton
-    from lab.nn.ssm import ssd_chunked
+    from lab.kernels.ssd import ssd
+    from lab.kernels.ssd_reference import ssd_chunked
+    from lab.kernels.ssd_triton import ssd_triton
     g = torch.Generator().manual_seed(0)
     b, T, H, P, G, N = 1, 50, 4, 8, 2, 16        # T = 50 with chunk 32: the padding path
     X = torch.randn(b, T, H, P, generator=g); a = -torch.rand(b, T, H, generator=g) * 0.3
@@ -82,7 +83,7 @@ def test_mamba_ssm_backend_is_lazy_and_explains():
         with pytest.raises(ImportError, match="gpu"):
             kernels.mamba_chunk_scan(x, dt, A, B, C, 8, backend="mamba_ssm")
     y, _ = kernels.mamba_chunk_scan(x, dt, A, B, C, 8, D=torch.ones(2))
-    from lab.nn.ssm import ssd_chunked
+    from lab.kernels.ssd_reference import ssd_chunked
     assert torch.allclose(y, ssd_chunked(x * dt[..., None], dt * A, B, C, 8)[0] + x)
 
 
@@ -96,3 +97,27 @@ def test_dispatch_bad_input():
         kernels.mamba_chunk_scan(x, torch.rand(1, 8, 2), -torch.rand(3), B, C, 8)
     with pytest.raises(ValueError, match="chunk"):
         kernels.ssd(x, torch.zeros(1, 8, 2), B, C, 6)
+
+
+def test_public_entry_points_reject_non_finite_input():
+    from lab.kernels import ssd as kernels
+    from lab.kernels.ssd_triton import ssd_triton
+    x = torch.randn(1, 16, 2, 4)
+    dt, A = torch.rand(1, 16, 2), -torch.rand(2)
+    B = C = torch.randn(1, 16, 1, 4)
+    x_nan, dt_nan = x.clone(), dt.clone()
+    x_nan[0, 5, 1, 2] = float("nan")
+    dt_nan[0, 7, 0] = float("inf")
+    with pytest.raises(ValueError, match="^X must be finite"):
+        ssd_triton(x_nan, dt, B, C, 16)
+    with pytest.raises(ValueError, match="^X must be finite"):
+        kernels.ssd(x_nan, dt, B, C, 16)
+    with pytest.raises(ValueError, match="^x must be finite"):
+        kernels.mamba_chunk_scan(x_nan, dt, A, B, C, 16)
+    with pytest.raises(ValueError, match="^dt must be finite"):
+        kernels.mamba_chunk_scan(x, dt_nan, A, B, C, 16)
+    with pytest.raises(ValueError, match="^D must"):
+        kernels.mamba_chunk_scan(x, dt, A, B, C, 16, D=torch.ones(3))
+    # the unchecked entry (what a layer calls) does not look at the values
+    y, _ = kernels.mamba_chunk_scan.unchecked(x, dt_nan, A, B, C, 16)
+    assert not torch.isfinite(y).all()

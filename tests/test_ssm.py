@@ -1,20 +1,23 @@
 """The SSM core: three computations of the same layer agree, and the layers built on them."""
+import ast
+import inspect
+from pathlib import Path
+
 import pytest
 import torch
 
-from lab.nn.ssm import (
-    SSMLM,
-    Mamba1,
-    Mamba2,
+import lab
+from lab.kernels.ssd_reference import (
     apply_map,
-    inverse_softplus,
     segsum,
     selective_materialize,
     selective_scan_ref,
     ssd_chunked,
     ssd_materialize,
+    ssd_materialize_discrete,
     ssd_scan_ref,
 )
+from lab.nn.ssm import SSMLM, Mamba1, Mamba2, inverse_softplus
 
 
 def rand_inputs(b=2, T=200, H=4, P=16, G=2, N=32, dtype=torch.float64, seed=0):
@@ -174,3 +177,105 @@ def test_bad_inputs_name_the_argument():
         Mamba2(16, d_state=4, headdim=8)(torch.randn(1, 5, 15))
     with pytest.raises(TypeError, match="tokens"):
         SSMLM(5, 16, 1, d_state=4, headdim=8)(torch.randn(1, 3))
+
+
+def test_public_references_reject_bad_values_naming_the_argument():
+    X, a, B, C, S0 = rand_inputs(b=1, T=16, H=4, G=2)
+    nan = float("nan")
+
+    def poisoned(t):
+        t = t.clone()
+        t.view(-1)[3] = nan
+        return t
+    with pytest.raises(ValueError, match="^a must be finite"):
+        segsum(poisoned(a))
+    with pytest.raises(TypeError, match="^a must"):
+        segsum([1.0, 2.0])
+    with pytest.raises(ValueError, match="^B must be finite"):
+        ssd_chunked(X, a, poisoned(B), C, 8)
+    with pytest.raises(ValueError, match="^initial_state must be finite"):
+        ssd_scan_ref(X, a, B, C, poisoned(S0))
+    with pytest.raises(ValueError, match="^dt must be finite"):
+        ssd_materialize(a, B, C, dt=poisoned(-a))
+    with pytest.raises(ValueError, match="^D must have shape"):
+        ssd_materialize(a, B, C, D=torch.ones(3, dtype=a.dtype))
+    with pytest.raises(ValueError, match="^log_alpha must be finite"):
+        ssd_materialize_discrete(poisoned(a), B, C)
+    u, delta = X[:, :, 0, :4], -a[..., :1].expand(1, 16, 4).contiguous()
+    A1, B1 = -torch.rand(4, 3, dtype=X.dtype), B[:, :, 0, :3]
+    with pytest.raises(ValueError, match="^delta must be finite"):
+        selective_scan_ref(u, poisoned(delta), A1, B1, B1)
+    with pytest.raises(ValueError, match="^A must have shape"):
+        selective_scan_ref(u, delta, A1[:3], B1, B1)
+    with pytest.raises(ValueError, match="^C must be finite"):
+        selective_materialize(delta, A1, B1, poisoned(B1))
+
+
+def test_displayed_references_show_the_method_only():
+    for fn in (segsum, ssd_scan_ref, ssd_chunked, ssd_materialize, ssd_materialize_discrete,
+               selective_scan_ref, selective_materialize):
+        source = inspect.getsource(fn)
+        assert f"def {fn.__name__}(" in source
+        assert "raise" not in source and "isfinite" not in source and "check_tensor" not in source, fn.__name__
+        assert fn.unchecked.__name__ == fn.__name__
+
+
+@pytest.fixture
+def no_value_reads(monkeypatch):
+    """Make every way of reading a tensor's values back to the host (a device sync) an error."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a forward pass read tensor values back (a device sync)")
+    monkeypatch.setattr(torch, "isfinite", forbidden)
+    monkeypatch.setattr(torch.Tensor, "isfinite", forbidden)
+    monkeypatch.setattr(torch.Tensor, "item", forbidden)
+    monkeypatch.setattr(torch.Tensor, "__bool__", forbidden)
+
+
+def test_layer_forward_does_not_sync(no_value_reads):
+    torch.manual_seed(0)
+    u = torch.randn(2, 37, 32)
+    m2 = Mamba2(32, d_state=16, headdim=8, ngroups=2, chunk=16)
+    for impl in ("auto", "materialize", "chunked", "scan", "kernel"):
+        m2.impl = impl
+        m2(u).sum().backward()
+        m2.attention_map(u)
+    m1 = Mamba1(32, d_state=4)
+    for impl in ("materialize", "scan"):
+        m1.impl = impl
+        m1(u).sum().backward()
+    lm = SSMLM(18, 32, 2, d_state=16, headdim=8)
+    lm(torch.randint(0, 18, (2, 9))).sum().backward()
+    with pytest.raises(AssertionError, match="sync"):
+        ssd_chunked(*rand_inputs(b=1, T=16)[:4], 8)      # the public boundary does check
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute names of the modules `path` imports (relative imports resolved within lab)."""
+    module = ".".join(path.relative_to(Path(lab.__file__).parent.parent).with_suffix("").parts)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    package = package.removesuffix(".__init__")
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            base = base[:len(base) - node.level + 1] if node.level else []
+            full = ".".join(base + ([node.module] if node.module else []))
+            names.add(full)
+            names.update(f"{full}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_only_the_triton_kernel_imports_triton():
+    root = Path(lab.__file__).parent
+    importers = {str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if any(n == "triton" or n.startswith("triton.") for n in _imports(p))}
+    assert importers == {"kernels/ssd_triton.py"}
+
+
+def test_kernels_never_import_the_layers():
+    root = Path(lab.__file__).parent
+    for path in (root / "kernels").rglob("*.py"):
+        assert not any(n == "lab.nn" or n.startswith("lab.nn.") for n in _imports(path)), path.name
+    assert {"lab.kernels.ssd", "lab.kernels.ssd_reference"} <= _imports(root / "nn" / "ssm.py")

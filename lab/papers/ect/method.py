@@ -37,7 +37,7 @@ def _precond_args(t, sigma_data: float, *, form: str = "train", sigma_min: float
     _check.real("sigma_min", sigma_min, low=0)
 
 
-@_check.checked_by(_precond_args)
+@_check.checked(_precond_args)
 def precond(t, sigma_data: float, *, form: str = "train", sigma_min: float = SIGMA_MIN):
     """(c_skip, c_out, c_in, c_noise) at noise level(s) `t` (float or tensor).
 
@@ -215,7 +215,7 @@ def _ect_loss_args(model: nn.Module, y: torch.Tensor, t: torch.Tensor, r: torch.
         raise ValueError("r must satisfy 0 ≤ r ≤ t")
 
 
-@_check.checked_by(_ect_loss_args)
+@_check.checked(_ect_loss_args)
 def ect_loss(model: nn.Module, y: torch.Tensor, t: torch.Tensor, r: torch.Tensor,
              eps: torch.Tensor, *, c: float = 0.0, weighting: str = "inv_dt",
              share_dropout: bool = True) -> torch.Tensor:

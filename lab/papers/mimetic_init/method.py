@@ -65,7 +65,7 @@ def _mimetic_args(model, recipe: Recipe = Recipe(), generator: torch.Generator |
         raise TypeError(f"model must be or contain a Mamba1/Mamba2 mixer; got {type(model).__name__}")
 
 
-@_check.checked_by(_mimetic_args)
+@_check.checked(_mimetic_args)
 @torch.no_grad()
 def mimetic_(model, recipe: Recipe = Recipe(),
              generator: torch.Generator | None = None):

@@ -30,7 +30,7 @@ def _posterior_args(x, t: int, mixture: Mixture, schedule: DDPMSchedule) -> None
         raise ValueError(f"x must have shape (n, {mixture.dim}); got {shape}")
 
 
-@_check.checked_by(_posterior_args)
+@_check.checked(_posterior_args)
 def oracle_posterior_mean(x: torch.Tensor, t: int, mixture: Mixture,
                           schedule: DDPMSchedule) -> torch.Tensor:
     """E[x0 | x_t = x] for the mixture, in float64.
@@ -65,7 +65,7 @@ def _path_args(x0_path, K: int = 10) -> None:
     _check.integer("K", K, low=2, high=path.shape[1])
 
 
-@_check.checked_by(_path_args)
+@_check.checked(_path_args)
 def trajectory_variance(x0_path, K: int = 10) -> np.ndarray:
     """Hal(x): population variance of x̂0 over the last K reverse steps (t = K−1 … 0),
     averaged over coordinates. `x0_path`: (n, R) or (n, R, d), in reverse-time order."""
