@@ -223,7 +223,7 @@ def ssd_chunked(X, a, B, C, chunk: int = 64, initial_state=None):
 
 @checked(check_map_inputs)
 def ssd_materialize(a, B, C, dt=None, D=None):
-    """The mixing matrix M (b, H, T, T) with y_{:,h} = M^h x_{:,h} (+ D on the diagonal).
+    """The mixing matrix M (b, H, T, T): y_{:,h} = M^h x_{:,h} (+ D on the diagonal).
 
     M^h_ij = (C_i·B_j) · exp(a_{j+1} + … + a_i) · Δ_j for j ≤ i, else 0. Without `dt`
     the column scale is 1 (the core primitive: y = M X with X = Δ⊙x). `D` (H,) adds D_h
