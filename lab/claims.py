@@ -1,7 +1,7 @@
 """Claims: a paper's statement, checked by code against a threshold, shown, and recorded.
 
 A chapter makes one :class:`Ledger` and calls :meth:`Ledger.check` once per claim. A *gating*
-claim (one its spec says reproduces at this scale) raises :class:`ClaimFailed` when the measured
+claim (one that held on every seed of its sweep record at this scale) raises :class:`ClaimFailed` when the measured
 value misses the threshold; a *reported* claim (``gating=False``) is measured and shown beside
 the paper's expectation, never asserted. :meth:`Ledger.summary` shows the table and publishes
 ``<results>/<chapter>.json`` in one atomic step. Until then claims sit in

@@ -173,7 +173,7 @@ def segsum(a: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 @checked(check_ssd_inputs)
 def ssd_scan_ref(X, a, B, C, initial_state=None):
-    """The recurrence, token by token (the spec). Returns y (b, T, H, P) and the final state."""
+    """The recurrence, token by token (the definition the other forms must equal). Returns y (b, T, H, P) and the final state."""
     b, T, H, P = X.shape
     Bh, Ch = expand_groups(B, H), expand_groups(C, H)
     S = initial_state if initial_state is not None else X.new_zeros(b, H, P, B.shape[-1])

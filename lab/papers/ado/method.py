@@ -377,7 +377,7 @@ def uniform(names: Sequence[str], prior=None) -> FixedPolicy:
 
 @dataclasses.dataclass(frozen=True)
 class ADOConfig:
-    """ADO's knobs; the defaults are the official ones where they are stated (see the spec)."""
+    """ADO's knobs; the defaults are the official code's where the paper or its code states them."""
     s: float = 0.5
     gamma1: float = 0.1
     gamma2: float = 0.1

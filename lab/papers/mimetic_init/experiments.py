@@ -101,7 +101,7 @@ def accuracy(model, inputs, targets) -> tuple[float, float]:
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class CopyConfig:
-    """One copy-task run: data, model and optimisation (the spec's reference setting)."""
+    """One copy-task run: data, model and optimisation (the reference setting of the chapter)."""
     vocab: int = 16
     length: int = 32
     d_model: int = 64
