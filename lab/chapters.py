@@ -13,6 +13,11 @@ class Chapter:
     ready: bool
 
     @property
+    def package(self) -> str:
+        """The chapter's code: ``lab.papers.<id with underscores>``."""
+        return "lab.papers." + self.id.replace("-", "_")
+
+    @property
     def notebook(self) -> Path:
         return Path(__file__).resolve().parent.parent / "book" / f"{self.id}.ipynb"
 

@@ -113,12 +113,12 @@ def start(chapter: str, scale: str | None = None, seed: int | None = None):
 
     from .chapters import get
     from .claims import Ledger
-    chapter = get(chapter).id  # rejects unknown ids
+    chapter = get(chapter)  # rejects unknown ids
     scale, seed = current_scale(scale), current_seed(seed)
     seed_everything(seed)
     threads = configure_threads(scale)
-    session = Session(chapter, scale, seed, pick_device(scale), threads, time.time())
-    experiments = importlib.import_module(f"lab.papers.{chapter.replace('-', '_')}.experiments")
+    session = Session(chapter.id, scale, seed, pick_device(scale), threads, time.time())
+    experiments = importlib.import_module(f"{chapter.package}.experiments")
     cfg = preset(experiments.PRESETS, scale)
     if hasattr(experiments, "from_environment"):
         cfg = experiments.from_environment(cfg)
@@ -126,4 +126,4 @@ def start(chapter: str, scale: str | None = None, seed: int | None = None):
     minutes = getattr(cfg, "minutes", None)
     if minutes is not None:
         print(f"estimated time at this scale: about {minutes:g} minutes")
-    return session, cfg, Ledger(chapter, scale, seed)
+    return session, cfg, Ledger(chapter.id, scale, seed)

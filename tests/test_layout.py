@@ -63,14 +63,14 @@ def paper_of(module: str) -> str | None:
 
 def test_a_folder_per_paper_in_book_order():
     folders = sorted(p.name for p in PAPERS.iterdir() if (p / "__init__.py").exists())
-    chapter_folders = [c.id.replace("-", "_") for c in CHAPTERS]
+    chapter_folders = [c.package.rsplit(".", 1)[1] for c in CHAPTERS]
     assert set(folders) <= set(chapter_folders), "a paper folder that is no chapter"
     for chapter in CHAPTERS:
-        folder = PAPERS / chapter.id.replace("-", "_")
+        folder = PAPERS / chapter.package.rsplit(".", 1)[1]
         if chapter.ready:
             for part in ("method.py", "experiments.py", "figures.py"):
                 assert (folder / part).exists(), f"{chapter.id} has no {part}"
-            assert hasattr(importlib.import_module(f"lab.papers.{folder.name}.experiments"), "PRESETS")
+            assert hasattr(importlib.import_module(f"{chapter.package}.experiments"), "PRESETS")
 
 
 def test_papers_never_import_each_other():
