@@ -73,6 +73,14 @@ def test_schedule_rejects_bad_input(kw, match):
         DDPMSchedule(**kw)
 
 
+def test_step_needs_noise_above_t0(sched):
+    x = torch.ones(3, 2)
+    with pytest.raises(ValueError, match="noise"):
+        sched.step(x, 5, x)
+    x_prev, x0 = sched.step(x, 0, x)
+    assert torch.allclose(x_prev, x0)
+
+
 def test_sampler_rejects_bad_input(sched):
     with pytest.raises(ValueError, match="record_last"):
         sample(lambda x, t: x, sched, 4, 1, generator=torch.Generator(), record_last=2000)

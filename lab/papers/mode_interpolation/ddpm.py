@@ -49,6 +49,21 @@ class DDPMSchedule:
         ab = float(self.alpha_bars[t])
         return x_t / ab ** 0.5 - (1.0 / ab - 1.0) ** 0.5 * eps
 
+    def step(self, x_t: torch.Tensor, t: int, eps: torch.Tensor,
+             noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ancestral step x_t → x_{t−1} given the predicted noise `eps`; returns (x_{t−1}, x̂0).
+
+        The mean is c1·x̂0 + c2·x_t; for t > 0 the fixed-large noise √β_t·`noise` is added
+        (`noise` standard normal, x_t's shape). At t = 0 the mean is returned and `noise` is unused.
+        """
+        x0 = self.predict_x0(x_t, t, eps)
+        mean = float(self.c1[t]) * x0 + float(self.c2[t]) * x_t
+        if t == 0:
+            return mean, x0
+        if noise is None:
+            raise ValueError(f"step at t = {t} > 0 needs standard-normal noise")
+        return mean + float(self.sampling_variance[t]) ** 0.5 * noise, x0
+
     def loss(self, eps_model: Callable, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The ε-prediction loss: mean of (ε̂(x_t, t) − ε)² over batch and coordinates, t ~ U{0..T−1}."""
         t = torch.randint(0, self.T, (x0.shape[0],), generator=generator, device=x0.device)
@@ -92,16 +107,13 @@ def sample(eps_fn: EpsFn, schedule: DDPMSchedule, n: int, dim: int, *, generator
         path = torch.empty((m, record_last, dim), dtype=dtype, device=device)
         xpath = torch.empty_like(path)
         for t in range(schedule.T - 1, -1, -1):
-            x0 = schedule.predict_x0(x, t, eps_fn(x, t))
+            eps = eps_fn(x, t)
+            noise = torch.randn((m, dim), generator=generator, device=device, dtype=dtype) if t > 0 else None
+            x_prev, x0 = schedule.step(x, t, eps, noise)
             if t < record_last:
                 path[:, record_last - 1 - t] = x0
                 xpath[:, record_last - 1 - t] = x
-            mean = float(schedule.c1[t]) * x0 + float(schedule.c2[t]) * x
-            if t > 0:
-                noise = torch.randn((m, dim), generator=generator, device=device, dtype=dtype)
-                x = mean + float(schedule.sampling_variance[t]) ** 0.5 * noise
-            else:
-                x = mean
+            x = x_prev
             bar.update(1)
         xs.append(x.cpu()), paths.append(path.cpu()), xpaths.append(xpath.cpu())
     bar.close()
