@@ -155,3 +155,10 @@ def test_listings_show_the_method_within_the_page_width(path):
         assert "_check." not in body, f"{expr}: argument checks belong in a wrapper, not the listing"
         long = [line for line in code.splitlines() if len(line) > 88]
         assert not long, f"{expr}: lines over 88 characters: {long[:2]}"
+
+
+def test_the_page_checks_catch_what_they_look_for():
+    from pagecheck import PROGRESS, RAW_TEX, visible_text
+    assert RAW_TEX.search(visible_text("<p>with step $$\\Delta_t = \\mathrm{softplus}$$</p>"))
+    assert not RAW_TEX.search(visible_text("<p><mjx-container>\\Delta</mjx-container> ok</p>"))
+    assert PROGRESS.search("mimetic · seed 0:   8%|▊         | 25/300 [00:03<00:40]")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lab.chapters import CHAPTERS
+from pagecheck import PROGRESS, RAW_TEX, visible_text
 
 pytestmark = pytest.mark.rendered
 HTML = Path(os.environ.get("LAB_HTML_DIR") or Path(__file__).resolve().parent.parent / "_build" / "html")
@@ -77,6 +78,19 @@ def test_every_chapter_page_renders_its_results(chapter):
     assert "lab-claims" in dom, "the claims table is missing"
     assert "Traceback" not in dom, "a cell failed while the page was executed"
     assert "colab.research.google.com/github/" in dom
+
+
+@pytest.mark.parametrize("chapter", READY)
+def test_no_raw_tex_progress_fragments_or_tracebacks(chapter):
+    dom = browse(HTML / "book" / f"{chapter}.html", "--virtual-time-budget=8000", "--dump-dom").stdout
+    assert "mjx-container" in dom, "MathJax did not render"
+    text = visible_text(dom)
+    code = " ".join(re.findall(r"<pre\b.*?</pre>", dom, flags=re.S))     # listings may hold TeX
+    raw = [m.group(0) for m in RAW_TEX.finditer(text) if m.group(0) not in visible_text(code)]
+    assert not raw, f"raw TeX in the page: {raw[:5]}"
+    outputs = " ".join(re.findall(r'<div class="cell_output.*?</div>\s*</div>', dom, flags=re.S))
+    assert not PROGRESS.search(visible_text(outputs)), "a text progress bar leaked into an output"
+    assert "Traceback (most recent call last)" not in text
 
 
 def test_no_page_loads_scripts_from_a_cdn():
