@@ -10,6 +10,7 @@ it was.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -17,11 +18,11 @@ import multiprocessing
 import os
 import platform
 import re
-import signal
 import subprocess
 import tempfile
 import time
 import uuid
+from multiprocessing import connection
 from pathlib import Path
 
 from . import paths, records
@@ -77,22 +78,39 @@ def sweep(chapter, seeds: list[int], scale: str, jobs: int, *, timeout: int = 36
         raise ValueError("seeds must name at least one seed")
     state = _code_state()
     started, runs = time.time(), {}
-    context = multiprocessing.get_context("spawn")   # a fresh interpreter per worker: no forked state
-    with tempfile.TemporaryDirectory(prefix=f"lab-sweep-{chapter.id}-", ignore_cleanup_errors=True) as tmp, \
-            context.Pool(min(jobs, len(seeds)), initializer=_worker_start) as pool:
+    with tempfile.TemporaryDirectory(prefix=f"lab-sweep-{chapter.id}-", ignore_cleanup_errors=True) as tmp:
         tasks = [{"notebook": str(chapter.notebook), "chapter": chapter.id, "scale": scale, "seed": seed,
                   "results": str(Path(tmp) / f"seed-{seed}"), "timeout": timeout} for seed in seeds]
-        for result in pool.imap_unordered(run_seed, tasks):   # leaving the block kills what still runs
-            if "error" in result:
-                raise SeedFailed(f"seed {result['seed']} failed:\n{result['error']}")
-            runs[result["seed"]] = result
-            say(_progress(result, len(runs), len(seeds)))
+        with _in_workers(tasks, jobs) as results:
+            for result in results:
+                if "error" in result:
+                    raise SeedFailed(f"seed {result['seed']} failed:\n{result['error']}")
+                runs[result["seed"]] = result
+                say(_progress(result, len(runs), len(seeds)))
     provenance = dict(state, date=_now(), hardware=hardware(scale), torch=_torch_version(runs),
                       jobs=jobs, wall_s=round(time.time() - started, 1),
                       runs=[{k: runs[s][k] for k in ("seed", "wall_s", "cached_runs")} for s in sorted(runs)])
     path = paths.record_path(chapter.id, scale, folder)
-    paths.atomic_write_text(path, json.dumps(build_record(chapter.id, scale, runs, provenance), indent=1) + "\n")
+    paths.atomic_write_text(path, dumps(build_record(chapter.id, scale, runs, provenance)))
     return path
+
+
+def dumps(record: dict) -> str:
+    """The record as JSON that reads, and diffs, like a table: the seed list, each run and each
+    seed's value of each claim on a line of its own."""
+    rows: dict[str, str] = {}
+
+    def row(value) -> str:   # a placeholder no claim text holds: it starts with a NUL character
+        key = f"\0row{len(rows)}"
+        rows[json.dumps(key)] = json.dumps(value)
+        return key
+    record = dict(record, seeds=row(record["seeds"]),
+                  provenance=dict(record["provenance"], runs=[row(r) for r in record["provenance"]["runs"]]),
+                  claims=[dict(c, per_seed=[row(s) for s in c["per_seed"]]) for c in record["claims"]])
+    text = json.dumps(record, indent=1)
+    for key, value in rows.items():
+        text = text.replace(key, value, 1)
+    return text + "\n"
 
 
 def _progress(result: dict, done: int, total: int) -> str:
@@ -104,14 +122,49 @@ def _progress(result: dict, done: int, total: int) -> str:
             + (f" (missed: {', '.join(missed)})" if missed else ""))
 
 
-def _worker_start() -> None:
-    """A worker stopped early (the sweep failed or was interrupted) unwinds as after Ctrl-C, so
-    its notebook client shuts its kernel down instead of leaving it behind."""
-    signal.signal(signal.SIGTERM, _interrupt)
+@contextlib.contextmanager
+def _in_workers(tasks: list[dict], jobs: int):
+    """Run each task in a worker process of its own, `jobs` at a time; give the results as they
+    come. Leaving early (a crashed seed, Ctrl-C) kills the workers still running — outright, since
+    the notebook client catches SIGTERM — and their kernels, seeing their parent gone, exit."""
+    context = multiprocessing.get_context("spawn")   # a fresh interpreter per seed: no forked state
+    pending, running = list(tasks), {}               # receiving end of a pipe → (its worker, seed)
+
+    def results():
+        while pending or running:
+            while pending and len(running) < jobs:
+                task = pending.pop(0)
+                receive, send = context.Pipe(duplex=False)
+                worker = context.Process(target=_work, args=(task, send), daemon=True)
+                worker.start()
+                send.close()
+                running[receive] = (worker, task["seed"])
+            for receive in connection.wait(list(running)):
+                worker, seed = running.pop(receive)
+                yield _receive(receive, worker, seed)
+    try:
+        yield results()
+    finally:
+        for worker, _ in running.values():
+            worker.kill()
+        for worker, _ in running.values():
+            worker.join()
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+def _receive(receive, worker, seed: int) -> dict:
+    try:
+        result = receive.recv()
+    except EOFError:   # the worker died before it could answer (killed, out of memory)
+        result = {"seed": seed, "error": "its worker process died"}
+    worker.join()
+    if "error" in result and worker.exitcode:
+        result["error"] += f" (exit code {worker.exitcode})"
+    return result
+
+
+def _work(task: dict, send) -> None:
+    send.send(run_seed(task))
+    send.close()
 
 
 def run_seed(task: dict) -> dict:
