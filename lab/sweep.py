@@ -147,8 +147,9 @@ def _in_workers(tasks: list[dict], jobs: int):
     finally:
         for worker, _ in running.values():
             worker.kill()
-        for worker, _ in running.values():
+        for receive, (worker, _) in running.items():
             worker.join()
+            receive.close()
 
 
 def _receive(receive, worker, seed: int) -> dict:
@@ -156,6 +157,7 @@ def _receive(receive, worker, seed: int) -> dict:
         result = receive.recv()
     except EOFError:   # the worker died before it could answer (killed, out of memory)
         result = {"seed": seed, "error": "its worker process died"}
+    receive.close()
     worker.join()
     if "error" in result and worker.exitcode:
         result["error"] += f" (exit code {worker.exitcode})"
