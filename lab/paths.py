@@ -37,6 +37,22 @@ def saved_dir(chapter: str) -> Path:
     return base / "saved" / chapter
 
 
+def records_dir() -> Path:
+    """Seed-sweep records that ship with the book: ``$LAB_RECORDS_DIR``, default ``book/records``
+    of the checkout (or of the working folder). ``python -m lab sweep`` writes them; every other
+    reader (a chapter's claims, the ledger, the book build) only reads them."""
+    env = os.environ.get("LAB_RECORDS_DIR", "").strip()
+    if env:
+        return Path(env).expanduser().resolve()
+    root = repo_root()
+    return (root if root is not None else Path.cwd()) / "book" / "records"
+
+
+def record_path(chapter: str, scale: str, folder: Path | None = None) -> Path:
+    """``<records>/<chapter>.<scale>.json``: one record per chapter and scale."""
+    return (Path(folder) if folder is not None else records_dir()) / f"{chapter}.{scale}.json"
+
+
 def jupyter_cache_dir() -> Path:
     """The execution cache that jupyter-book reads (``execute.cache`` in ``_config.yml``)."""
     return build_dir() / ".jupyter_cache"

@@ -2,8 +2,9 @@
 
 ``{lab-chapters}`` lists the ten chapters from :mod:`lab.chapters`. ``{lab-ledger}`` is filled
 at the end of the build, after every chapter has executed (or been taken from the cache), from
-the claims recorded in the results folder; the page holding it is re-read on every build, so it
-never shows stale results.
+the claims recorded in the results folder and the committed seed-sweep records (see
+:mod:`lab.ledger_view`); the page holding it is re-read on every build, so it never shows stale
+results.
 """
 from __future__ import annotations
 
@@ -41,36 +42,50 @@ class LedgerDirective(SphinxDirective):
         return [ledger_placeholder()]
 
 
-def ledger_html(records) -> str:
-    by_id = {r["chapter"]: r for r in records}
-    total = sum(len(r["claims"]) for r in records)
-    ok = sum(c["reproduced"] for r in records for c in r["claims"])
-    parts = [f"<p><b>{ok} of {total}</b> recorded claims reproduced, across "
-             f"{len(records)} of {len(CHAPTERS)} chapters.</p>"]
-    to_come = [html.escape(c.title) for c in CHAPTERS if not c.ready and c.id not in by_id]
-    for chapter in CHAPTERS:
-        record = by_id.get(chapter.id)
-        if record is None and not chapter.ready:
-            continue
-        title = _chapter_link(chapter) if chapter.ready else html.escape(chapter.title)
-        if record is None:
-            parts.append(f"<h3>{title}</h3><p><i>not run in this build</i></p>")
-            continue
-        parts.append(f"<h3>{title}</h3><p>scale <code>{record['scale']}</code> · seed {record['seed']} · "
-                     f"{html.escape(record['finished'])} · {record['wall_s']:.0f} s</p>")
-        rows = "".join(
-            f"<tr class='{'ok' if c['reproduced'] else 'miss'}'><td>{html.escape(c['id'])}</td>"
-            f"<td>{html.escape(c['text'])}</td><td>{html.escape(c['display'])}</td>"
-            f"<td>{html.escape(c['threshold'])}</td>"
-            f"<td>{'✔ yes' if c['reproduced'] else ('✘ no' if c['gating'] else '⚠ no')}</td>"
-            f"<td>{'gating' if c['gating'] else 'reported'}</td><td>{html.escape(c['paper'])}</td></tr>"
-            for c in record["claims"])
-        parts.append("<table class='lab-ledger'><thead><tr><th>claim</th><th>statement</th><th>measured</th>"
-                     "<th>threshold</th><th>reproduced</th><th>kind</th><th>paper</th></tr></thead>"
-                     f"<tbody>{rows}</tbody></table>")
+LEDGER_HEAD = ("claim", "statement", "measured", "threshold", "reproduced", "kind",
+               "held on (tiny sweep)", "gpu sweep", "paper")
+
+
+def ledger_html(results, records_dir=None) -> str:
+    """The ledger page's body: this build's results beside the committed sweep records."""
+    from .ledger_view import entries, not_swept_at
+    view = entries(results, records_dir)
+    claims = [c for r in results for c in r["claims"]]
+    failed = sum(1 for e in view if e.failure())
+    parts = [f"<p><b>{sum(c['reproduced'] for c in claims)} of {len(claims)}</b> recorded claims "
+             f"reproduced, across {len(results)} of {len(CHAPTERS)} chapters"
+             + (f"; the last run failed in {failed} of them" if failed else "") + ".</p>"]
+    parts += [_chapter_html(entry) for entry in view]
+    gpu_pending = [html.escape(c.title) for c in not_swept_at(view)]
+    if gpu_pending:
+        parts.append(f"<p class='lab-pending'><b>Not yet run at gpu scale:</b> {'; '.join(gpu_pending)}.</p>")
+    shown = {e.chapter.id for e in view}
+    to_come = [html.escape(c.title) for c in CHAPTERS if c.id not in shown]
     if to_come:
         parts.append(f"<p class='lab-to-come'><b>Chapters to come:</b> {'; '.join(to_come)}.</p>")
     return "\n".join(parts)
+
+
+def _chapter_html(entry) -> str:
+    title = _chapter_link(entry.chapter) if entry.chapter.ready else html.escape(entry.chapter.title)
+    parts = [f"<h3>{title}</h3>", f"<p>{html.escape(entry.run())}</p>"]
+    if entry.failure():
+        parts.append(f"<p class='lab-failed'>✘ The last run failed: {html.escape(entry.failure())}. "
+                     "The values below are what it measured.</p>")
+    sources = entry.sources() or ["no sweep record yet"]
+    parts.append(f"<p class='lab-sources'>{'<br>'.join(map(html.escape, sources))}</p>")
+    if entry.rows:
+        head = "".join(f"<th>{h}</th>" for h in LEDGER_HEAD)
+        rows = "".join(_row_html(r) for r in entry.rows)
+        parts.append(f"<table class='lab-ledger'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+    return "".join(parts)
+
+
+def _row_html(row) -> str:
+    state = {None: "none", True: "ok", False: "miss"}[row.reproduced]
+    verdict = {None: "—", True: "✔ yes", False: "✘ no" if row.kind == "gating" else "⚠ no"}[row.reproduced]
+    cells = (row.id, row.text, row.measured, row.threshold, verdict, row.kind, row.seeds, row.gpu, row.paper)
+    return f"<tr class='{state}'>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
 
 
 def fill_ledger(app, doctree, docname):

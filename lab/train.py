@@ -26,6 +26,13 @@ from . import _check, paths
 
 OPTIMIZERS = ("adam", "adamw", "radam")
 DECAYS = ("cosine", "linear")
+_cached_runs = 0   # runs of this process that found their checkpoint already at the last step
+
+
+def cached_runs() -> int:
+    """How many :func:`train` calls in this process resumed from a complete checkpoint: a chapter's
+    wall time that includes them measures loading, not training, and is shown as such."""
+    return _cached_runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +161,9 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Gene
     ckpt = run_dir / "checkpoint.safetensors" if run_dir is not None else None
     if ckpt is not None and ckpt.exists():
         start = _load(ckpt, model, optimizer, ema, generator, losses, config, accelerator)
+    if start == config.steps:
+        global _cached_runs
+        _cached_runs += 1
     model, optimizer = accelerator.prepare(model, optimizer)
 
     model.train()

@@ -375,3 +375,15 @@ def test_tuning_cost_ratio():
     never = ex.tuning_cost({500: 0.5, 2000: 0.2}, scratch_curve, 40.0, 38.0, 30.0)
     assert never.ect_steps is None and math.isnan(never.step_ratio) and "did not reach" in str(never)
     assert ex.steps_to_reach({1: 0.5, 2: 0.1}, 0.1) == 2
+
+
+def test_digits_claims_follow_the_sweep_record(tmp_path, records_dir):
+    from lab.claims import Ledger
+    from lab.papers.ect import digits as ect_digits
+    fd = {("diffusion", "1-step"): 10.0, ("diffusion", "heun"): 2.0, ("ECT", "1-step"): 5.0,
+          ("ECT", "2-step"): 4.0, ("CT from scratch", "1-step"): 6.0}
+    ledger = Ledger("ect", "gpu", 0, results_dir=tmp_path)
+    ect_digits.check_claims(ledger, {"rows": {k: {"fd": v} for k, v in fd.items()}}, ex.DigitsConfig())
+    assert [c.id for c in ledger.claims] == ["D1", "D2", "D3", "D4"]
+    assert not any(c.gating for c in ledger.claims)           # no gpu record: reported, never raised
+    assert ledger.claims[0].robustness["note"] == "no sweep record at this scale"

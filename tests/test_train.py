@@ -88,6 +88,16 @@ def test_checkpoint_is_safetensors_and_config_is_checked(tmp_path):
         train(*tiny_problem(), TrainConfig(steps=6, lr=1e-2), seed=0, run_dir=tmp_path)
 
 
+def test_a_run_resumed_at_its_last_step_counts_as_cached(tmp_path):
+    from lab import train as train_module
+    cfg = TrainConfig(steps=5, lr=1e-2)
+    before = train_module.cached_runs()
+    train(*tiny_problem(), cfg, seed=0, run_dir=tmp_path)      # trains: not cached
+    assert train_module.cached_runs() == before
+    train(*tiny_problem(), cfg, seed=0, run_dir=tmp_path)      # finds the finished checkpoint
+    assert train_module.cached_runs() == before + 1
+
+
 def test_non_finite_loss_is_reported():
     model, _ = tiny_problem()
     with pytest.raises(FloatingPointError, match="step 0"):

@@ -305,8 +305,10 @@ def _entropy_rate(lm, rng, draws: int = 20) -> float:
     return float(np.mean(total) / lm.length)
 
 
-def check_claims(ledger, merge: MergeResult, stego: StegoResult, causal: dict, gating: bool) -> None:
-    """The chapter's claims M1–M5, each checked against its threshold."""
+def check_claims(ledger, merge: MergeResult, stego: StegoResult, causal: dict,
+                 gating: bool | None = None) -> None:
+    """The chapter's claims M1–M5, each checked against its threshold. `gating`: None lets the
+    sweep record decide (see :mod:`lab.records`)."""
     k_max, k_min = max(merge.nll)[0], min(merge.nll)[0]
     ledger.check("M1", f"merging curbs the cost of a bad factorisation: Ĥ no-merge − Ĥ merge at k = {k_max}",
                  merge.mean(k_max, False) - merge.mean(k_max, True), at_least=0.4, gating=gating,

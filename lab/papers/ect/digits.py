@@ -188,21 +188,20 @@ def study(cfg: DigitsConfig, images, labels, *, seed: int, device="cpu", checkpo
 
 
 def check_claims(ledger, result, cfg: DigitsConfig | None) -> None:
-    """E1–E4 of the ring study with FD in place of SWD (reported until calibrated on a GPU);
-    nothing when the study did not run at this scale."""
+    """E1–E4 of the ring study with FD in place of SWD; nothing when the study did not run at this
+    scale. Gating follows the sweep record at this scale (reported until it holds on seeds 0–7)."""
     if cfg is None or not isinstance(result, dict):
         return
     rows = result["rows"]
     fd = {k: v["fd"] for k, v in rows.items()}
-    g = cfg.gating
     ledger.check("D1", "digits: ECT 1-step FD / diffusion 1-step FD", fd["ECT", "1-step"] / fd["diffusion", "1-step"],
-                 at_most=0.3, gating=g, fmt="{:.3f}")
+                 at_most=0.3, fmt="{:.3f}")
     ledger.check("D2", "digits: ECT 2-step FD − ECT 1-step FD", fd["ECT", "2-step"] - fd["ECT", "1-step"],
-                 at_most=0.0, gating=g, fmt="{:.3f}")
+                 at_most=0.0, fmt="{:.3f}")
     ledger.check("D3", "digits: ECT 1-step FD − scratch 1-step FD",
-                 fd["ECT", "1-step"] - fd["CT from scratch", "1-step"], at_most=0.0, gating=g, fmt="{:.3f}")
+                 fd["ECT", "1-step"] - fd["CT from scratch", "1-step"], at_most=0.0, fmt="{:.3f}")
     ledger.check("D4", "digits: ECT 2-step FD / diffusion Heun-35 FD", fd["ECT", "2-step"] / fd["diffusion", "heun"],
-                 at_most=1.5, gating=g, fmt="{:.2f}")
+                 at_most=1.5, fmt="{:.2f}")
 
 
 def run(cfg: DigitsConfig | None, *, seed: int, device="cpu"):

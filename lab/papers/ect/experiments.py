@@ -79,7 +79,6 @@ class DigitsConfig:
     ect: ECTConfig = ECTConfig(stage_steps=2000)
     classifier: TrainConfig = TrainConfig(steps=1500, lr=1e-3)
     t_mid: float = 0.821
-    gating: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
