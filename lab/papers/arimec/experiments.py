@@ -72,7 +72,6 @@ class ChapterConfig:
     stego: StegoConfig = StegoConfig()
     causal: CausalConfig = CausalConfig()
     demo: DemoConfig = DemoConfig()
-    gating: bool = True
     minutes: float = 1.5
 
 
@@ -305,32 +304,31 @@ def _entropy_rate(lm, rng, draws: int = 20) -> float:
     return float(np.mean(total) / lm.length)
 
 
-def check_claims(ledger, merge: MergeResult, stego: StegoResult, causal: dict,
-                 gating: bool | None = None) -> None:
-    """The chapter's claims M1–M5, each checked against its threshold. `gating`: None lets the
-    sweep record decide (see :mod:`lab.records`)."""
+def check_claims(ledger, merge: MergeResult, stego: StegoResult, causal: dict) -> None:
+    """The chapter's claims M1–M5, each checked against its threshold; whether each one gates is
+    the sweep record's to say (see :mod:`lab.records`)."""
     k_max, k_min = max(merge.nll)[0], min(merge.nll)[0]
     ledger.check("M1", f"merging curbs the cost of a bad factorisation: Ĥ no-merge − Ĥ merge at k = {k_max}",
-                 merge.mean(k_max, False) - merge.mean(k_max, True), at_least=0.4, gating=gating,
+                 merge.mean(k_max, False) - merge.mean(k_max, True), at_least=0.4,
                  fmt="{:.2f}", paper="merging makes IMEC robust to poor partitions")
     ledger.check("M2", f"the cost grows with factorisation: Ĥ no-merge (k = {k_max}) − Ĥ (k = {k_min})",
-                 merge.mean(k_max, False) - merge.mean(k_min, True), at_least=1.0, gating=gating, fmt="{:.2f}")
+                 merge.mean(k_max, False) - merge.mean(k_min, True), at_least=1.0, fmt="{:.2f}")
     lo, hi = merge.bounds
     values = [v.mean() for v in merge.nll.values()]
     inside = min(min(v - (lo - 0.3) for v in values), min(hi - v for v in values))
     ledger.check("M2b", "every Ĥ lies within [max H − 0.3, H(X) + H(Y)]: smallest margin (nats)",
-                 inside, at_least=0.0, gating=gating, fmt="{:.2f}")
+                 inside, at_least=0.0, fmt="{:.2f}")
     ledger.check("M3a", "ARIMEC decodes a non-factorable prior: error at L = 8 (worst world)",
-                 stego.worst("ARIMEC", 8), at_most=0.10, gating=gating, fmt="{:.2f}")
+                 stego.worst("ARIMEC", 8), at_most=0.10, fmt="{:.2f}")
     ledger.check("M3b", "ARIMEC error at L = 12 (worst world)", stego.worst("ARIMEC", 12),
-                 at_most=0.03, gating=gating, fmt="{:.2f}")
+                 at_most=0.03, fmt="{:.2f}")
     uniform_err = min(stego.error(w, "FIMEC-uniform", 8) for w in stego.worlds)
     ledger.check("M4a", "a uniform prior needs more covertext: FIMEC-uniform error at L = 8 (best world)",
-                 uniform_err, at_least=0.15, gating=gating, fmt="{:.2f}",
+                 uniform_err, at_least=0.15, fmt="{:.2f}",
                  paper="ARIMEC with the right prior errs less than FIMEC with a uniform one")
     gap = min(stego.error(w, "FIMEC-uniform", 8) - 2 * stego.error(w, "ARIMEC", 8) for w in stego.worlds)
     ledger.check("M4b", "FIMEC-uniform error − 2 × ARIMEC error at L = 8 (smallest over worlds)",
-                 gap, at_least=0.0, gating=gating, fmt="{:.2f}")
+                 gap, at_least=0.0, fmt="{:.2f}")
     ledger.check("M5", "entropic causal inference prefers the true direction: "
                  "complexity(Y→X) − complexity(X→Y) (nats)", causal["Y→X"] - causal["X→Y"],
-                 at_least=0.3, gating=gating, fmt="{:.2f}")
+                 at_least=0.3, fmt="{:.2f}")
