@@ -16,8 +16,13 @@ def figure(ncols: int = 1, nrows: int = 1, width: float = 9.0, height: float = 3
 
 
 def stamp(fig, scale: str, seed: int | None = None, note: str = "") -> None:
-    """Write the scale (and seed) that produced `fig` in its bottom-right corner."""
+    """Write the scale (and seed) that produced `fig` in its bottom-right corner, in a strip of
+    its own below the axes (the layout keeps the axes and their labels above it)."""
     text = f"scale: {scale}" + (f" · seed {seed}" if seed is not None else "") + (f" · {note}" if note else "")
+    strip = 0.16 / fig.get_figheight()                  # inches for one line of 7-point text
+    engine = fig.get_layout_engine()
+    if engine is not None and hasattr(engine, "set") and "rect" in engine.get():
+        engine.set(rect=(0, strip, 1, 1 - strip))
     fig.text(0.995, 0.003, text, ha="right", va="bottom", fontsize=7, color="#777777")
 
 

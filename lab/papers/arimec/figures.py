@@ -39,9 +39,9 @@ def greedy_stepper(scale: str, seed: int) -> Explorer:
         left = trace[r - 1][2] if r else [p, q]
         fig, axes = figure(ncols=3, width=10, height=3.2, gridspec_kw={"width_ratios": [1, 2, 1]})
         axes[0].barh(np.arange(len(p)), p, color="#dddddd", label="p")
-        axes[0].barh(np.arange(len(p)), left[0], color=PALETTE["in"], label="left")
+        axes[0].barh(np.arange(len(p)), left[0], color=PALETTE["in"], label="remaining")
         axes[0].invert_yaxis(), axes[0].invert_xaxis()
-        axes[0].set(title="row marginal p (left)", yticks=range(len(p)))
+        axes[0].set(title="row marginal p: what remains", yticks=range(len(p)))
         axes[1].imshow(joint, cmap="Blues", vmin=0, vmax=max(p.max(), q.max()))
         for (i, j), v in np.ndenumerate(joint):
             if v > 0:
@@ -55,7 +55,7 @@ def greedy_stepper(scale: str, seed: int) -> Explorer:
                     xticks=range(len(q)), yticks=range(len(p)), xlabel="column marginal q")
         axes[2].bar(np.arange(len(q)), q, color="#dddddd")
         axes[2].bar(np.arange(len(q)), left[1], color=PALETTE["oracle"])
-        axes[2].set(title="column marginal q (left)", xticks=range(len(q)))
+        axes[2].set(title="column marginal q: what remains", xticks=range(len(q)))
         stamp(fig, scale, seed)
         return fig
 
@@ -247,8 +247,8 @@ def roundtrip_figure(r: "am.Roundtrip", scale: str, seed: int):
     capacity = r.cover_tokens * r.nats_per_token
     lines = [f"secret: {r.message!r}   prior: {r.prior}   needs ≈ {r.message_nats:.1f} nats; covertext "
              f"carries ≈ {capacity:.1f} nats in {r.cover_tokens} tokens",
-             f"receiver reads: {r.decoded!r} → {mark} · {r.message_nats / np.log(2) / r.cover_tokens:.2f} "
-             "message bits per covertext token", ""]
+             f"receiver reads: {r.decoded!r} → {mark} · {r.message_nats / r.cover_tokens:.2f} "
+             "message nats per covertext token", ""]
     lines += textwrap.wrap("covertext: " + r.covertext, 110)[:9]
     ax.text(0, 1, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=8,
             color="#222222" if r.exact else PALETTE["accent"])
