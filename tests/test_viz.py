@@ -73,8 +73,10 @@ def test_stamp_keeps_clear_of_the_axis_labels():
     ax.plot([0, 1], [0, 1])
     ax.set_xlabel("a label long enough to reach the corner of the figure .............")
     stamp(fig, "tiny", 3)
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
     label = ax.xaxis.label.get_window_extent(renderer)
     text = [t for t in fig.texts if t.get_text() == "scale: tiny · seed 3"][0].get_window_extent(renderer)
     assert label.y0 > text.y1, "the stamp overlaps the x label"
