@@ -387,3 +387,13 @@ def test_digits_claims_follow_the_sweep_record(tmp_path, records_dir):
     assert [c.id for c in ledger.claims] == ["D1", "D2", "D3", "D4"]
     assert not any(c.gating for c in ledger.claims)           # no gpu record: reported, never raised
     assert ledger.claims[0].robustness["note"] == "no sweep record at this scale"
+
+
+def test_loss_figure_marks_stage_boundaries_and_labels_its_axis():
+    from lab.papers.ect import figures as figs
+    losses = {"diffusion pretraining": torch.rand(3000), "ECT": torch.rand(3000)}
+    fig = figs.loss_figure(losses, "tiny", 0, stage_steps={"ECT": 500})
+    pre, tuned = fig.axes[:2]
+    assert len(pre.lines) == 1                                     # the curve, no boundaries
+    assert sorted(line.get_xdata()[0] for line in tuned.lines[1:]) == [500, 1000, 1500, 2000, 2500]
+    assert pre.get_ylabel() == "training loss (moving mean)"

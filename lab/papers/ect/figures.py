@@ -54,16 +54,22 @@ def curves_figure(curves: dict, heun_swd: float, scale: str, seed: int):
     return fig
 
 
-def loss_figure(losses: dict, scale: str, seed: int):
-    """Training losses (smoothed) of the runs; `losses` maps a label to a tensor. A consistency
-    loss is not comparable across stages: its weight 1/(t − r) grows as the gap shrinks."""
+def loss_figure(losses: dict, scale: str, seed: int, stage_steps: dict | None = None):
+    """Training losses (moving mean) of the runs; `losses` maps a label to a tensor, and
+    `stage_steps` maps the label of a consistency run to its steps per stage, drawn as dotted
+    boundaries. A consistency loss is not comparable across stages: its weight 1/(t − r) grows
+    as the gap shrinks, so it jumps at each boundary."""
+    stage_steps = stage_steps or {}
     fig, axes = figure(ncols=len(losses), width=3.3 * len(losses), height=2.6)
-    for ax, (label, loss) in zip(np.atleast_1d(axes), losses.items()):
+    for i, (ax, (label, loss)) in enumerate(zip(np.atleast_1d(axes), losses.items())):
         loss = loss.numpy()
         window = max(1, len(loss) // 60)
         smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
         ax.plot(np.arange(len(smooth)) + window // 2, smooth, color=PALETTE["learned"])
-        ax.set(xlabel="step", title=label)
+        for boundary in range(stage_steps.get(label, len(loss)), len(loss), stage_steps.get(label, 1)):
+            ax.axvline(boundary, color=PALETTE["grey"], lw=0.8, ls=":")
+        ax.set(xlabel="step" + (" (dotted: stage boundaries)" if label in stage_steps else ""),
+               ylabel="training loss (moving mean)" if i == 0 else None, title=label)
     stamp(fig, scale, seed)
     return fig
 
