@@ -49,7 +49,8 @@ def _heatmap(ax, M: np.ndarray, part: str, length: int, title: str, top: float |
         logm = np.log10(np.abs(M) + 1e-12)
         im = ax.imshow(np.where(np.tril(np.ones_like(M)) > 0, logm, np.nan), cmap="magma", vmin=-4, vmax=top)
     rows = np.arange(length + 1, M.shape[0])
-    ax.plot(rows - length, rows, color="#2ca02c", lw=0.8, alpha=0.8)   # copy target j = i − L
+    for offset in (-2.5, 2.5):          # bracket the copy target j = i − L, leaving it visible
+        ax.plot(rows - length + offset, rows, color="#2ca02c", lw=0.7, ls="--")
     ax.set_title(title, fontsize=9)
     ax.set_xticks([0, length, M.shape[0] - 1])
     ax.set_yticks([0, length, M.shape[0] - 1])
@@ -73,7 +74,7 @@ def initial_maps_figure(cfg: ex.CopyConfig, seed: int, scale: str, layer: int = 
         share = mm.mass_share(maps[init][layer], cfg.length)
         im = _heatmap(ax, shown[init], "full", cfg.length, f"{init} init · layer {layer} · s = {share:.2f}", top)
     fig.colorbar(im, ax=axes, shrink=0.8, label="log₁₀|M| (head mean)")
-    stamp(fig, scale, seed, "green: copy target j = i − L")
+    stamp(fig, scale, seed, "green dashes: either side of the copy target j = i − L")
     return fig
 
 
@@ -88,19 +89,19 @@ def map_explorer(runs: dict, seed: int, scale: str, length: int,
     heads = (0, "mean") if H > 1 else (0,)
 
     def render(layer, head, part, step):
-        fig, axes = figure(2, width=7, height=3.2)
+        fig, axes = figure(2, width=8, height=3.8)
         shown = [_pick(run.maps[run.steps.index(step)][part], layer, head) for run in (left, right)]
         top = _top(part, shown)
         for ax, run, M in zip(axes, (left, right), shown):
             im = _heatmap(ax, M, part, length, f"{run.init} · {PART_LABELS[part]} · step {step}", top)
         fig.colorbar(im, ax=axes, shrink=0.8, label="C·Bᵀ (signed)" if part == "cb" else "log₁₀|M|")
-        stamp(fig, scale, seed, f"layer {layer} · head {head} · green: copy target")
+        stamp(fig, scale, seed, f"layer {layer} · head {head} · green dashes: either side of the copy target")
         return fig
 
     return Explorer(render, {"layer": list(range(n_layer)), "head": list(heads),
                              "part": list(PART_LABELS), "step": list(steps)},
                     title="SSM attention maps: default vs mimetic init during training",
-                    defaults={"part": "full", "step": steps[0]}, dpi=50)
+                    defaults={"part": "full", "step": steps[0]}, dpi=80)
 
 
 def default_decay_band(cfg: ex.CopyConfig, seed: int) -> tuple[float, float]:
@@ -134,4 +135,4 @@ def decay_explorer(band: tuple[float, float], scale: str, seed: int,
 
     return Explorer(render, {"A_log": list(A_logs), "dt_bias": list(dt_biases)},
                     title="Decay explorer: how far back can a head see at init?",
-                    defaults={"A_log": -6.0, "dt_bias": 0.5413}, dpi=60)
+                    defaults={"A_log": -6.0, "dt_bias": 0.5413}, dpi=80)
