@@ -25,7 +25,7 @@ import torch
 from . import _check, paths
 
 OPTIMIZERS = ("adam", "adamw", "radam")
-DECAYS = ("cosine", "linear")
+DECAYS = ("cosine", "linear", "onecycle")
 _cached_runs = 0   # runs of this process that found their checkpoint already at the last step
 
 
@@ -41,8 +41,12 @@ class TrainConfig:
 
     The rate rises linearly over ``warmup_steps`` (0: none), then stays at ``lr`` when
     ``lr_final`` is None, or decays to ``lr_final`` at the last step along ``decay``
-    (``cosine`` or ``linear``). ``optimizer``: ``adam``, ``adamw`` (decoupled
-    ``weight_decay``) or ``radam``. ``grad_clip``: clip the global gradient norm to it.
+    (``cosine`` or ``linear``). ``decay="onecycle"`` is instead the rate of torch's
+    ``OneCycleLR`` (``pct_start = warmup_steps / steps``, cosine, ``div_factor`` 25, no
+    momentum cycling): a cosine rise from ``lr / 25`` to ``lr`` over ``warmup_steps`` (≥ 2),
+    then a cosine fall to ``lr_final`` (required), reached at the last step.
+    ``optimizer``: ``adam``, ``adamw`` (decoupled ``weight_decay``) or ``radam``.
+    ``grad_clip``: clip the global gradient norm to it.
     """
     steps: int
     lr: float = 1e-3
@@ -70,12 +74,23 @@ class TrainConfig:
         _check.real("weight_decay", self.weight_decay, low=0)
         _check.integer("warmup_steps", self.warmup_steps, low=0, high=self.steps - 1)
         _check.choice("decay", self.decay, DECAYS)
+        if self.decay == "onecycle":
+            if self.lr_final is None:
+                raise ValueError("lr_final must be set when decay is 'onecycle'")
+            _check.integer("warmup_steps", self.warmup_steps, low=2)
         if self.grad_clip is not None:
             _check.real("grad_clip", self.grad_clip, low=0, low_open=True)
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
     """The rate used at optimiser step `step` (0-based): warm-up, then constant or decay to ``lr_final``."""
+    if config.decay == "onecycle":
+        peak = config.warmup_steps - 1                    # OneCycleLR's end of the rise
+        if step <= peak:
+            start, end, frac = config.lr / 25, config.lr, step / peak
+        else:
+            start, end, frac = config.lr, config.lr_final, (step - peak) / (config.steps - 1 - peak)
+        return end + (start - end) * 0.5 * (1 + math.cos(math.pi * frac))
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     if config.lr_final is None:

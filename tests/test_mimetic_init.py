@@ -131,3 +131,30 @@ def test_bad_inputs_name_the_argument():
         ex.accuracy_at({}, "mimetic", 300)
     with pytest.raises(ValueError, match="mixer"):
         ex.CopyConfig(mixer="mamba3")
+
+
+def test_recipes_are_the_named_ones():
+    assert ex.PRESETS["tiny"].copy.train == ex.RECIPES["constant"]
+    one = ex.RECIPES["one-cycle"]
+    assert (one.optimizer, one.weight_decay, one.betas, one.grad_clip) == ("adamw", 0.0, (0.9, 0.999), 1.0)
+    assert one.warmup_steps == one.steps // 10 and one.lr_final == pytest.approx(one.lr / 25e4)
+
+
+# -- the batch-32 reference configuration (about 3 minutes on one thread of a busy CPU) ----------
+@pytest.mark.slow
+def test_batch_32_reference_configuration():
+    """Batch 32, the chapter's recipe (constant-rate Adam), 300 steps, seeds 0 and 1: mimetic ≥ 0.80
+    and default ≤ 0.40 token accuracy at step 300 (measured 0.903 / 0.918 and 0.085 / 0.273).
+    The same configuration under AdamW with one-cycle and clipping, the recipe these thresholds
+    were first stated for, reached only 0.271 / 0.574: the chapter shows that sweep too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = dataclasses.replace(ex.PRESETS["tiny"], copy=dataclasses.replace(CFG, batch=32), workers=1)
+        runs = ex.run_experiment(cfg, 0)
+    finally:
+        torch.set_num_threads(threads)
+    mimetic, default = ex.accuracy_at(runs, "mimetic", 300), ex.accuracy_at(runs, "default", 300)
+    assert set(mimetic) == {0, 1}
+    assert min(mimetic.values()) >= 0.80, mimetic
+    assert max(default.values()) <= 0.40, default

@@ -176,3 +176,26 @@ def test_resolve_run_dir(tmp_path, monkeypatch):
     assert resolve_run_dir(True, "ect", "pretrain", {"a": 1}, 3) == tmp_path / "ect" / f"pretrain-{run_key({'a': 1}, 3)}"
     assert resolve_run_dir(False, "ect", "x") is None and resolve_run_dir(None, "ect", "x") is None
     assert resolve_run_dir(str(tmp_path / "mine"), "ect", "x") == tmp_path / "mine"
+
+
+@pytest.mark.parametrize("steps, warmup, lr_final", [(300, 30, 3e-3 / (25 * 1e4)), (57, 11, 1e-5)])
+def test_onecycle_matches_torch_step_by_step(steps, warmup, lr_final):
+    cfg = TrainConfig(steps=steps, lr=3e-3, lr_final=lr_final, warmup_steps=warmup, decay="onecycle")
+    opt = torch.optim.AdamW(torch.nn.Linear(2, 1).parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=steps, pct_start=warmup / steps, anneal_strategy="cos",
+        cycle_momentum=False, div_factor=25.0, final_div_factor=cfg.lr / 25 / lr_final)
+    for step in range(steps):
+        assert learning_rate(step, cfg) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-15), step
+        opt.step()
+        sched.step()
+    assert learning_rate(0, cfg) == pytest.approx(cfg.lr / 25)
+    assert learning_rate(warmup - 1, cfg) == pytest.approx(cfg.lr)
+    assert learning_rate(steps - 1, cfg) == pytest.approx(lr_final)
+
+
+@pytest.mark.parametrize("kw, match", [({"lr_final": None, "warmup_steps": 2}, "lr_final"),
+                                       ({"lr_final": 1e-6, "warmup_steps": 1}, "warmup_steps")])
+def test_onecycle_needs_its_settings(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(steps=10, lr=1e-3, decay="onecycle", **kw)
