@@ -150,13 +150,15 @@ def run_key(*parts) -> str:
 def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Generator], torch.Tensor],
           config: TrainConfig, *, seed: int, run_dir: Path | str | None = None,
           desc: str = "training", device: torch.device | str | None = None,
-          on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
+          on_step: Callable[[int, torch.nn.Module], None] | None = None,
+          progress: bool = True) -> TrainResult:
     """Train `model` for ``config.steps`` optimiser steps of ``loss_fn``; resume from `run_dir` if
     it holds a checkpoint of the same run. Returns the trained model, its EMA copy and the losses.
 
     ``on_step(step, model)``, if given, runs after every optimiser step (``step`` counts from 1)
     with the unwrapped model: the place for evaluations and snapshots. It must not draw from the
-    training generator, so that resuming stays exact."""
+    training generator, so that resuming stays exact. ``progress=False`` hides the progress bar
+    (a worker process, whose bar would reach a notebook as stray text)."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -183,7 +185,7 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Gene
 
     model.train()
     bar = tqdm(total=config.steps, initial=start, desc=desc, mininterval=1.0,
-               disable=not accelerator.is_main_process)
+               disable=not (progress and accelerator.is_main_process))
     for step in range(start, config.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)

@@ -165,10 +165,11 @@ class Run:
         return self.token_acc[self.steps.index(step)]
 
 
-def train_copy(cfg: CopyConfig, init: str, seed: int, device: torch.device | str | None = None) -> Run:
+def train_copy(cfg: CopyConfig, init: str, seed: int, device: torch.device | str | None = None,
+               progress: bool = True) -> Run:
     """Train one arm on the copy task with :func:`lab.train.train`, evaluating every
     ``cfg.eval_every`` steps (teacher-forced accuracy on fixed strings) and keeping each
-    checkpoint's maps of one fixed string."""
+    checkpoint's maps of one fixed string. ``progress=False``: no progress bar."""
     if not isinstance(cfg, CopyConfig):
         raise TypeError(f"cfg must be a CopyConfig; got {type(cfg).__name__}")
     seed = _check.integer("seed", seed)
@@ -197,7 +198,7 @@ def train_copy(cfg: CopyConfig, init: str, seed: int, device: torch.device | str
     start = time.time()
     record(0, model)
     result = train(model, loss_fn, cfg.train, seed=1000 + seed, desc=f"{init} · seed {seed}",
-                   device=device, on_step=on_step)
+                   device=device, on_step=on_step, progress=progress)
     record(cfg.train.steps, result.model)
     return Run(init, seed, steps, tok, whole, result.losses, maps, time.time() - start, result.model)
 
@@ -209,7 +210,6 @@ class ChapterConfig:
     arms: tuple[str, ...] = ("default", "mimetic")
     ablations: tuple[str, ...] = ()         # extra arms, first seed only
     init_seeds: tuple[int, ...] = (0, 1, 2, 3)   # for the initial-map claim
-    gating: bool = True
     minutes: float = 2.5
     workers: int = 2                        # processes for the runs (1: in this process)
 
@@ -248,7 +248,8 @@ def run_experiment(cfg: ChapterConfig, seed: int,
     """Every arm for seeds seed, seed+1, …, and the ablation arms for `seed`: {(init, seed): Run}.
 
     With ``cfg.workers`` > 1 the runs go to that many single-threaded worker processes (each run
-    is seeded by its own arm and seed, so the numbers do not depend on the workers)."""
+    is seeded by its own arm and seed, so the numbers do not depend on the workers); they train
+    without bars of their own, and one bar here counts the finished runs."""
     if not isinstance(cfg, ChapterConfig):
         raise TypeError(f"cfg must be a ChapterConfig; got {type(cfg).__name__}")
     seed = _check.integer("seed", seed)
@@ -257,11 +258,16 @@ def run_experiment(cfg: ChapterConfig, seed: int,
     if cfg.workers <= 1:
         return {(arm, s): train_copy(cfg.copy, arm, s, device) for arm, s in jobs}
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
     with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_single_threaded) as pool:
-        futures = {job: pool.submit(train_copy, cfg.copy, *job, device) for job in jobs}
-        return {job: future.result() for job, future in futures.items()}
+        futures = {pool.submit(train_copy, cfg.copy, *job, device, False): job for job in jobs}
+        with tqdm(total=len(jobs), desc=f"training runs ({cfg.workers} processes)") as bar:
+            for future in as_completed(futures):
+                bar.update(1)
+        return {job: future.result() for future, job in futures.items()}
 
 
 @torch.no_grad()
