@@ -24,9 +24,11 @@ class Chapter:
 
 CHAPTERS = (
     Chapter("mode-interpolation", "Where diffusion models' hallucinations come from", "2406.09358", True),
-    Chapter("ect", "Easy Consistency Tuning", "2406.14548", True),
-    Chapter("arimec", "Low-entropy couplings and steganography", "2405.19540", True),
-    Chapter("mimetic-init", "Mimetic initialization helps SSMs learn to recall", "2410.11135", True),
+    Chapter("ect", "Consistency models made easy", "2406.14548", True),
+    Chapter("arimec", "Computing low-entropy couplings for large-support distributions", "2405.19540",
+            True),
+    Chapter("mimetic-init", "Mimetic initialization helps state space models learn to recall",
+            "2410.11135", True),
     Chapter("mohawk", "Distilling Transformers into SSMs", "2408.10189", False),
     Chapter("ado", "Adaptive data optimization with scaling laws", "2410.11820", False),
     Chapter("context-inversion", "Context-parametric inversion in instruction tuning", "2410.10796", False),

@@ -48,3 +48,19 @@ def test_widget_manager_is_served_from_the_book():
     cfg = CONFIG["sphinx"]["config"]
     assert "_vendor" in cfg["html_static_path"]
     assert set(cfg["nb_ipywidgets_js"]) == {"require.js", "embed-amd.js"}
+
+
+@pytest.mark.parametrize("chapter", READY, ids=[c.id for c in READY])
+def test_chapter_title_is_the_same_everywhere(chapter):
+    """The table of contents shows the notebook's heading; the intro's table and the ledger show
+    the registry's title: they must agree."""
+    nb = nbformat.read(chapter.notebook, as_version=4)
+    assert nb.cells[0].source.splitlines()[0] == f"# {chapter.title}"
+
+
+@pytest.mark.parametrize("chapter", READY, ids=[c.id for c in READY])
+def test_install_cell_is_folded_and_start_is_one_line(chapter):
+    nb = nbformat.read(chapter.notebook, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "pip" in code[0].source and "hide-cell" in code[0].metadata.get("tags", [])
+    assert f'session, cfg, ledger = start("{chapter.id}")' in code[1].source
