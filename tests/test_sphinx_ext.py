@@ -22,7 +22,7 @@ def test_ledger_html_lists_claims_and_chapters_to_come(records):
     page = ledger_html([result()], records)
     assert "<b>1 of 2</b>" in page and "a &lt;claim&gt;" in page
     assert "⚠ no" in page and "reported" in page and "seed 1" in page
-    assert "Chapters to come:" in page and "Easy Consistency Tuning" in page
+    assert "Chapters to come:" in page and "Consistency models made easy" in page
     assert "not run in this build" in ledger_html([], records)
     assert "no sweep record at this scale" in page and "no sweep record yet" in page
 
@@ -36,7 +36,7 @@ def test_ledger_html_shows_seeds_from_the_tiny_record_and_the_worst_gpu_seed(rec
     assert "tiny sweep · 8 seeds · 2026-01-05 · commit abc1234 · Test CPU" in page
     assert "gpu sweep · 3 seeds" in page
     pending = page.split("Not yet run at gpu scale:")[1]
-    assert "Easy Consistency Tuning" in pending and "hallucinations" not in pending
+    assert "Consistency models made easy" in pending and "hallucinations" not in pending
 
 
 def test_ledger_html_marks_records_of_older_code(records):
@@ -58,5 +58,5 @@ def test_ledger_html_says_when_wall_time_came_from_cached_checkpoints(records):
 
 def test_ledger_html_keeps_book_order(records):
     page = ledger_html([result("arimec"), result("ect"), result("mode-interpolation")], records)
-    titles = ["hallucinations come from", "Easy Consistency Tuning", "Low-entropy couplings"]
+    titles = ["hallucinations come from", "Consistency models made easy", "Low-entropy couplings"]
     assert [page.index(t) for t in titles] == sorted(page.index(t) for t in titles)
