@@ -58,5 +58,5 @@ def test_ledger_html_says_when_wall_time_came_from_cached_checkpoints(records):
 
 def test_ledger_html_keeps_book_order(records):
     page = ledger_html([result("arimec"), result("ect"), result("mode-interpolation")], records)
-    titles = ["hallucinations come from", "Consistency models made easy", "Low-entropy couplings"]
+    titles = ["hallucinations come from", "Consistency models made easy", "low-entropy couplings"]
     assert [page.index(t) for t in titles] == sorted(page.index(t) for t in titles)
