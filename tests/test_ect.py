@@ -375,3 +375,17 @@ def test_tuning_cost_ratio():
     never = ex.tuning_cost({500: 0.5, 2000: 0.2}, scratch_curve, 40.0, 38.0, 30.0)
     assert never.ect_steps is None and math.isnan(never.step_ratio) and "did not reach" in str(never)
     assert ex.steps_to_reach({1: 0.5, 2: 0.1}, 0.1) == 2
+
+
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_ema_probe_snapshots_match_the_runs_own_ema(bias_correction):
+    import dataclasses
+    tune = TrainConfig(steps=8, lr=1e-3, ema=0.9, ema_bias_correction=bias_correction, progress_every=4)
+    cfg = ex.RingConfig(width=16, blocks=1, tune=tune, tune_batch=32, probe_every=4,
+                        ect=ect.ECTConfig(stage_steps=4))
+    long = ex.consistency_train(cfg, None, 0.7, seed=0, run_dir=False)
+    short = ex.consistency_train(dataclasses.replace(cfg, tune=dataclasses.replace(tune, steps=4)), None, 0.7,
+                                 seed=0, run_dir=False)
+    assert sorted(long.snapshots) == [4] and not short.snapshots
+    for key, value in short.model.state_dict().items():
+        assert torch.equal(long.snapshots[4][key], value), key

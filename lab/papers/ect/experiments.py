@@ -165,7 +165,8 @@ def consistency_train(cfg: RingConfig, start: EDMPrecond | None, sigma_data: flo
         model = copy.deepcopy(start).to(device)
         model.iteration.zero_()
     mixture = cfg.mixture()
-    probe = EMAProbe(model, cfg.probe_every, cfg.tune.ema or 0.999, cfg.tune.steps)
+    probe = EMAProbe(model, cfg.probe_every, cfg.tune.ema or 0.999, cfg.tune.steps,
+                     bias_correction=cfg.tune.ema_bias_correction)
     loss_fn = ect_loss_fn(lambda n, g: draw(mixture, n, g), cfg.ect, cfg.tune_batch)
     run_dir = resolve_run_dir(run_dir, "ect", name, dataclasses.asdict(cfg), sigma_data, seed, start is None)
     began = time.time()
