@@ -389,3 +389,14 @@ def test_ema_probe_snapshots_match_the_runs_own_ema(bias_correction):
     assert sorted(long.snapshots) == [4] and not short.snapshots
     for key, value in short.model.state_dict().items():
         assert torch.equal(long.snapshots[4][key], value), key
+
+
+def test_presets_share_the_ring_recipe():
+    import dataclasses
+    tiny = ex.PRESETS["tiny"].ring
+    assert tiny.pretrain.ema_bias_correction and tiny.tune.ema_bias_correction
+    assert (tiny.pretrain.optimizer, tiny.pretrain.lr, tiny.tune.lr) == ("adam", 1e-3, 5e-4)
+    for name in ("gpu", "paper"):
+        ring = ex.PRESETS[name].ring
+        assert ring.pretrain == tiny.pretrain
+        assert dataclasses.replace(ring.tune, steps=tiny.tune.steps) == tiny.tune
