@@ -47,12 +47,16 @@ class TrainConfig:
     then a cosine fall to ``lr_final`` (required), reached at the last step.
     ``optimizer``: ``adam``, ``adamw`` (decoupled ``weight_decay``) or ``radam``.
     ``grad_clip``: clip the global gradient norm to it.
+    ``ema``: keep an exponential moving average of the weights with this β;
+    ``ema_bias_correction``: debias it (see :class:`EMA`), so that the initial weights carry no
+    weight in it; off by default, where the average starts at the initial weights.
     """
     steps: int
     lr: float = 1e-3
     lr_final: float | None = None
     betas: tuple[float, float] = (0.9, 0.999)
     ema: float | None = None
+    ema_bias_correction: bool = False
     checkpoint_every: int = 0
     progress_every: int = 50
     optimizer: str = "adam"
@@ -68,6 +72,8 @@ class TrainConfig:
             _check.real("lr_final", self.lr_final, low=0, high=self.lr)
         if self.ema is not None:
             _check.real("ema", self.ema, low=0, high=1, high_open=True)
+        if not isinstance(self.ema_bias_correction, bool):
+            raise TypeError(f"ema_bias_correction must be a bool; got {self.ema_bias_correction!r}")
         _check.integer("checkpoint_every", self.checkpoint_every, low=0)
         _check.integer("progress_every", self.progress_every, low=1)
         _check.choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -110,19 +116,40 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
 
 
 class EMA:
-    """Exponential moving average of a model's floating-point tensors: s ← β·s + (1−β)·θ."""
+    """Exponential moving average of a model's floating-point tensors (other tensors are copied).
 
-    def __init__(self, model: torch.nn.Module, beta: float):
+    Plain: s ← β·s + (1−β)·θ from s₀ = the initial weights, which keep the weight β^k after k
+    updates. With ``bias_correction`` the average starts from zeros and is divided by 1 − β^k
+    (Adam's debiasing); ``shadow`` holds the debiased value directly, updated by
+    s ← s + α_k·(θ − s) with α_k = (1−β)/(1−β^k): α₁ = 1, so s₁ = θ₁, and the initial weights
+    drop out. ``updates`` counts the updates (k); checkpoints keep it.
+    """
+
+    def __init__(self, model: torch.nn.Module, beta: float, bias_correction: bool = False):
         self.beta = _check.real("beta", beta, low=0, high=1, high_open=True)
+        if not isinstance(bias_correction, bool):
+            raise TypeError(f"bias_correction must be a bool; got {bias_correction!r}")
+        self.bias_correction = bias_correction
+        self.updates = 0
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def rate(self, k: int) -> float:
+        """The weight α_k of the new weights at update k (counting from 1)."""
+        if not self.bias_correction:
+            return 1 - self.beta
+        return (1 - self.beta) / (1 - self.beta ** k)
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        rate = self.rate(self.updates)
         for key, value in model.state_dict().items():
-            if value.dtype.is_floating_point:
-                self.shadow[key].mul_(self.beta).add_(value.detach(), alpha=1 - self.beta)
-            else:
+            if not value.dtype.is_floating_point:
                 self.shadow[key].copy_(value)
+            elif self.bias_correction:
+                self.shadow[key].mul_(1 - rate).add_(value.detach(), alpha=rate)
+            else:
+                self.shadow[key].mul_(self.beta).add_(value.detach(), alpha=1 - self.beta)
 
     def copy_to(self, model: torch.nn.Module) -> torch.nn.Module:
         model.load_state_dict(self.shadow)
@@ -169,7 +196,7 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Gene
     accelerator = Accelerator(cpu=device.type == "cpu")
     model = model.to(accelerator.device)
     optimizer = make_optimizer(model.parameters(), config)
-    ema = EMA(model, config.ema) if config.ema is not None else None
+    ema = EMA(model, config.ema, config.ema_bias_correction) if config.ema is not None else None
     generator = torch.Generator(accelerator.device)
     generator.manual_seed(seed * 1009 + accelerator.process_index)
     losses = torch.zeros(config.steps)
@@ -235,7 +262,7 @@ def _save(path: Path, model, optimizer, ema, generator, losses, step: int, confi
                 scalars[f"{idx}/{key}"] = value
     tensors["rng/generator"] = generator.get_state().cpu()
     tensors["losses"] = losses.clone()
-    meta = {"step": step, "config": dataclasses.asdict(config),
+    meta = {"step": step, "config": dataclasses.asdict(config), "ema_updates": ema.updates if ema else 0,
             "param_groups": opt["param_groups"], "opt_scalars": scalars}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -248,13 +275,16 @@ def _load(path: Path, model, optimizer, ema, generator, losses, config, accelera
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["lab"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    saved = dict(meta["config"], betas=tuple(meta["config"]["betas"]))
+    # a field added to TrainConfig after the checkpoint was written had its default there
+    saved = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    saved.update(meta["config"], betas=tuple(meta["config"]["betas"]))
     if saved != dataclasses.asdict(config):
         raise ValueError(f"run_dir {path.parent} holds a checkpoint of another config: {saved}; "
                          "use a new run_dir or delete it")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
     if ema is not None:
         ema.shadow = {k[4:]: v.to(accelerator.device) for k, v in tensors.items() if k.startswith("ema/")}
+        ema.updates = int(meta.get("ema_updates", meta["step"]))
     state: dict = {}
     for key, value in tensors.items():
         if key.startswith("opt/"):

@@ -397,3 +397,28 @@ def test_loss_figure_marks_stage_boundaries_and_labels_its_axis():
     assert len(pre.lines) == 1                                     # the curve, no boundaries
     assert sorted(line.get_xdata()[0] for line in tuned.lines[1:]) == [500, 1000, 1500, 2000, 2500]
     assert pre.get_ylabel() == "training loss (moving mean)"
+
+
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_ema_probe_snapshots_match_the_runs_own_ema(bias_correction):
+    import dataclasses
+    tune = TrainConfig(steps=8, lr=1e-3, ema=0.9, ema_bias_correction=bias_correction, progress_every=4)
+    cfg = ex.RingConfig(width=16, blocks=1, tune=tune, tune_batch=32, probe_every=4,
+                        ect=ect.ECTConfig(stage_steps=4))
+    long = ex.consistency_train(cfg, None, 0.7, seed=0, run_dir=False)
+    short = ex.consistency_train(dataclasses.replace(cfg, tune=dataclasses.replace(tune, steps=4)), None, 0.7,
+                                 seed=0, run_dir=False)
+    assert sorted(long.snapshots) == [4] and not short.snapshots
+    for key, value in short.model.state_dict().items():
+        assert torch.equal(long.snapshots[4][key], value), key
+
+
+def test_presets_share_the_ring_recipe():
+    import dataclasses
+    tiny = ex.PRESETS["tiny"].ring
+    assert tiny.pretrain.ema_bias_correction and tiny.tune.ema_bias_correction
+    assert (tiny.pretrain.optimizer, tiny.pretrain.lr, tiny.tune.lr) == ("adam", 1e-3, 5e-4)
+    for name in ("gpu", "paper"):
+        ring = ex.PRESETS[name].ring
+        assert ring.pretrain == tiny.pretrain
+        assert dataclasses.replace(ring.tune, steps=tiny.tune.steps) == tiny.tune

@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -37,6 +38,35 @@ def test_ema_after_one_step():
         assert torch.allclose(ema.shadow[k], 0.999 * theta0[k] + 0.001 * v)
 
 
+def _ema_of(values, beta, bias_correction):
+    """The EMA's value after each of `values` (a scalar parameter set to each in turn), from θ₀ = 5."""
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(5.0)
+    ema = EMA(net, beta, bias_correction)
+    out = []
+    for v in values:
+        with torch.no_grad():
+            net.weight.fill_(v)
+        ema.update(net)
+        out.append(float(ema.shadow["weight"]))
+    assert ema.updates == len(values)
+    return out
+
+
+def test_bias_corrected_ema_by_hand():
+    # β = 1/2, θ = 1, 2, 3: debiased averages 1, (½·1 + 2)/(3/2) = 5/3, (¼·1 + ½·2 + 3)/(7/4) = 17/7
+    assert _ema_of([1.0, 2.0, 3.0], 0.5, True) == pytest.approx([1.0, 5 / 3, 17 / 7], abs=1e-6)
+    # plain: the initial 5 keeps the weight β^k
+    assert _ema_of([1.0, 2.0, 3.0], 0.5, False) == pytest.approx([3.0, 2.5, 2.75], abs=1e-6)
+    # a constant parameter: the debiased average is that constant from the first step on,
+    # the plain one still holds (θ₀ − c)·β^k of the initial weights
+    c, beta = 0.3, 0.999
+    assert _ema_of([c] * 50, beta, True) == pytest.approx([c] * 50, rel=1e-6)   # float32 rounding
+    plain = _ema_of([c] * 3000, beta, False)
+    assert plain[-1] == pytest.approx(c + (5.0 - c) * beta ** 3000, rel=1e-4)
+
+
 def test_training_reduces_loss_and_is_deterministic():
     cfg = TrainConfig(steps=60, lr=1e-2, lr_final=1e-4, ema=0.9)
     a = train(*tiny_problem(), cfg, seed=3)
@@ -50,8 +80,10 @@ class Crash(RuntimeError):
     pass
 
 
-def test_exact_resume_after_a_crash(tmp_path):
-    cfg = TrainConfig(steps=40, lr=1e-2, lr_final=1e-4, ema=0.95, checkpoint_every=10)
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_exact_resume_after_a_crash(tmp_path, bias_correction):
+    cfg = TrainConfig(steps=40, lr=1e-2, lr_final=1e-4, ema=0.95, ema_bias_correction=bias_correction,
+                      checkpoint_every=10)
     straight = train(*tiny_problem(), cfg, seed=1)
 
     model, loss_fn = tiny_problem()
@@ -98,6 +130,49 @@ def test_a_run_resumed_at_its_last_step_counts_as_cached(tmp_path):
     assert train_module.cached_runs() == before + 1
 
 
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_trainer_ema_is_the_weighted_sum_of_its_iterates(bias_correction):
+    beta, steps = 0.9, 30
+    iterates = []
+    model, loss_fn = tiny_problem()
+    theta0 = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(steps=steps, lr=1e-2, ema=beta, ema_bias_correction=bias_correction)
+    result = train(model, loss_fn, cfg, seed=4,
+                   on_step=lambda step, net: iterates.append({k: v.clone() for k, v in net.state_dict().items()}))
+    for key, value in result.ema_model.state_dict().items():
+        expected = sum((1 - beta) * beta ** (steps - j) * it[key].double() for j, it in enumerate(iterates, 1))
+        if bias_correction:
+            expected = expected / (1 - beta ** steps)       # started from zeros, debiased
+        else:
+            expected = expected + beta ** steps * theta0[key].double()
+        assert torch.allclose(value.double(), expected, atol=1e-6), key
+
+
+def test_checkpoint_without_newer_fields_resumes_with_their_defaults(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    cfg = TrainConfig(steps=20, lr=1e-2, ema=0.9, checkpoint_every=10)
+    straight = train(*tiny_problem(), cfg, seed=5)
+    path = tmp_path / "checkpoint.safetensors"
+    calls = {"n": 0}
+
+    def crashing(net, g, loss_fn=tiny_problem()[1]):
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise Crash()
+        return loss_fn(net, g)
+    with pytest.raises(Crash):
+        train(tiny_problem()[0], crashing, cfg, seed=5, run_dir=tmp_path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["lab"])
+    del meta["config"]["ema_bias_correction"], meta["ema_updates"]     # as written before they existed
+    save_file(load_file(str(path)), str(path), metadata={"lab": json.dumps(meta)})
+    resumed = train(*tiny_problem(), cfg, seed=5, run_dir=tmp_path)
+    assert resumed.resumed_from == 10
+    for (k, v), (_, w) in zip(resumed.ema_model.state_dict().items(), straight.ema_model.state_dict().items()):
+        assert torch.equal(v, w), k
+
+
 def test_non_finite_loss_is_reported():
     model, _ = tiny_problem()
     with pytest.raises(FloatingPointError, match="step 0"):
@@ -106,6 +181,7 @@ def test_non_finite_loss_is_reported():
 
 @pytest.mark.parametrize("kw, match", [({"steps": 0}, "steps"), ({"steps": 5, "lr": -1.0}, "lr"),
                                        ({"steps": 5, "ema": 1.0}, "ema"),
+                                       ({"steps": 5, "ema": 0.9, "ema_bias_correction": 1}, "ema_bias_correction"),
                                        ({"steps": 5, "lr": 1e-3, "lr_final": 1e-2}, "lr_final")])
 def test_config_rejects_bad_values(kw, match):
     with pytest.raises((ValueError, TypeError), match=match):

@@ -88,7 +88,8 @@ def tune(cfg: DigitsConfig, images, start: EDMPrecond | None, *, seed: int, devi
     else:
         model = copy.deepcopy(start).to(device)
         model.iteration.zero_()
-    probe = EMAProbe(model, cfg.ect.stage_steps, cfg.tune.ema or 0.999, cfg.tune.steps)
+    probe = EMAProbe(model, cfg.ect.stage_steps, cfg.tune.ema or 0.999, cfg.tune.steps,
+                     bias_correction=cfg.tune.ema_bias_correction)
     fn = ect_loss_fn(_batches(images, cfg.batch), cfg.ect, cfg.batch)
     result = train(model, fn, cfg.tune, seed=seed + 1, run_dir=run_dir,
                    desc="ECT (digits)" if start is not None else "CT from scratch (digits)", device=device,

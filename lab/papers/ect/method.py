@@ -286,13 +286,14 @@ def _unwrap(model: nn.Module) -> nn.Module:
 class EMAProbe:
     """Snapshots of an EMA of the weights every `every` steps before the last (the last one is
     the run's own EMA model), to trace quality against tuning steps. Make it from the model
-    before training, so the average starts at the initial weights as the trainer's does, and
-    pass ``probe.on_step`` to :func:`lab.train.train`."""
+    before training with the run's β and ``bias_correction`` (``TrainConfig.ema`` and
+    ``ema_bias_correction``), so that it averages as the trainer's EMA does, and pass
+    ``probe.on_step`` to :func:`lab.train.train`."""
 
-    def __init__(self, model: nn.Module, every: int, beta: float, steps: int):
+    def __init__(self, model: nn.Module, every: int, beta: float, steps: int, *, bias_correction: bool = False):
         self.every = _check.integer("every", every, low=1)
         self.steps = _check.integer("steps", steps, low=1)
-        self.ema = EMA(model, beta)
+        self.ema = EMA(model, beta, bias_correction)
         self.snapshots: dict[int, dict[str, torch.Tensor]] = {}
 
     def on_step(self, step: int, model: nn.Module) -> None:
