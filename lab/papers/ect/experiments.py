@@ -94,18 +94,17 @@ class DigitsConfig:
 @dataclasses.dataclass(frozen=True)
 class ChapterConfig:
     ring: RingConfig
-    e4_gating: bool          # does "2-step ECT ≈ 35-step diffusion" reproduce at this scale?
     digits: DigitsConfig | None = None   # the image study (lab.papers.ect.digits), gpu scale
     minutes: float = 3.0
 
 
 PRESETS = {
-    "tiny": ChapterConfig(RingConfig(), e4_gating=False, minutes=2.5),
+    "tiny": ChapterConfig(RingConfig(), minutes=2.5),
     "gpu": ChapterConfig(RingConfig(tune=dataclasses.replace(RING_TUNE, steps=6000),
-                                    ect=ECTConfig(stage_steps=750)), e4_gating=True,
+                                    ect=ECTConfig(stage_steps=750)),
                          digits=DigitsConfig(), minutes=20.0),
     "paper": ChapterConfig(RingConfig(tune=dataclasses.replace(RING_TUNE, steps=6000),
-                                      ect=ECTConfig(stage_steps=750)), e4_gating=True, minutes=60.0),
+                                      ect=ECTConfig(stage_steps=750)), minutes=60.0),
 }
 
 
