@@ -69,7 +69,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 LAB = Path(__file__).resolve().parent
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=16)
 def _hash_of(stamps: tuple) -> str:
     h = hashlib.sha256()
     for rel, _, _ in stamps:
@@ -77,9 +77,13 @@ def _hash_of(stamps: tuple) -> str:
     return h.hexdigest()[:16]
 
 
-def source_hash() -> str:
-    """A short hash of every ``.py`` file of ``lab`` (paths and contents): it names the code
-    that produced a checkpoint, a cached notebook or a record, and changes with any edit."""
-    files = sorted(LAB.rglob("*.py"))
+def source_hash(chapter: str | None = None) -> str:
+    """A short hash of the ``.py`` files of ``lab`` (paths and contents): it names the code that
+    produced a checkpoint, a cached notebook or a record, and changes with any edit. With a
+    `chapter` id, the other chapters' folders under ``lab/papers`` are left out: a chapter never
+    imports them (tests/test_layout.py), so their edits cannot change its numbers."""
+    own = chapter.replace("-", "_") if chapter is not None else None
+    files = sorted(f for f in LAB.rglob("*.py")
+                   if own is None or f.parent.parent.name != "papers" or f.parent.name == own)
     stamps = tuple((str(f.relative_to(LAB)), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
     return _hash_of(stamps)

@@ -76,7 +76,7 @@ def provenance(record: dict) -> dict:
     p = record["provenance"]
     return {"scale": record["scale"], "seeds": len(record["seeds"]), "date": p["date"],
             "commit": p["commit"], "dirty": p["dirty"], "hardware": p["hardware"],
-            "stale": p["lab_source_hash"] != paths.source_hash()}
+            "stale": p["lab_source_hash"] != paths.source_hash(record["chapter"])}
 
 
 def describe(source: dict) -> str:

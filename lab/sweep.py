@@ -76,7 +76,7 @@ def sweep(chapter, seeds: list[int], scale: str, jobs: int, *, timeout: int = 36
     finishes. Raises :class:`SeedFailed` when a seed's notebook fails; nothing is written then."""
     if not seeds:
         raise ValueError("seeds must name at least one seed")
-    state = _code_state()
+    state = _code_state(chapter.id)
     started, runs = time.time(), {}
     with tempfile.TemporaryDirectory(prefix=f"lab-sweep-{chapter.id}-", ignore_cleanup_errors=True) as tmp:
         tasks = [{"notebook": str(chapter.notebook), "chapter": chapter.id, "scale": scale, "seed": seed,
@@ -207,11 +207,12 @@ def build_record(chapter: str, scale: str, runs: dict[int, dict], provenance: di
             "provenance": provenance, "claims": list(claims.values())}
 
 
-def _code_state() -> dict:
-    """The code a sweep runs, taken before it starts: git commit, local changes, lab source hash."""
+def _code_state(chapter: str) -> dict:
+    """The code a sweep runs, taken before it starts: git commit, local changes, and the hash of
+    the lab source the chapter can use (the shared cores and its own folder)."""
     commit, dirty = git_state()
     from . import __version__
-    return {"commit": commit, "dirty": dirty, "lab_source_hash": paths.source_hash(), "lab": __version__}
+    return {"commit": commit, "dirty": dirty, "lab_source_hash": paths.source_hash(chapter), "lab": __version__}
 
 
 def git_state() -> tuple[str | None, bool | None]:

@@ -15,7 +15,7 @@ def make_record(folder, held, *, chapter="mode-interpolation", scale="tiny", cla
         "at_most": None, "paper": "the paper's level", "measured": 0.9 if ok else 0.1,
         "display": "0.9" if ok else "0.1", "reproduced": ok, "versions": {"torch": "2.0"}}]}
         for seed, ok in enumerate(held)}
-    provenance = {"commit": commit, "dirty": False, "lab_source_hash": source_hash or paths.source_hash(),
+    provenance = {"commit": commit, "dirty": False, "lab_source_hash": source_hash or paths.source_hash(chapter),
                   "lab": "0.1.0", "date": "2026-01-05T10:00:00Z", "hardware": "Test CPU", "torch": "2.0",
                   "jobs": 1, "wall_s": 16.0, "runs": []}
     path = paths.record_path(chapter, scale, folder)

@@ -162,3 +162,19 @@ def test_the_page_checks_catch_what_they_look_for():
     assert RAW_TEX.search(visible_text("<p>with step $$\\Delta_t = \\mathrm{softplus}$$</p>"))
     assert not RAW_TEX.search(visible_text("<p><mjx-container>\\Delta</mjx-container> ok</p>"))
     assert PROGRESS.search("mimetic · seed 0:   8%|▊         | 25/300 [00:03<00:40]")
+
+
+def test_a_chapters_source_hash_ignores_the_other_chapters(tmp_path, monkeypatch):
+    """Records go stale when code a chapter can import changes, not when another chapter's does."""
+    from lab import paths
+    fake = tmp_path / "lab"
+    for rel in ("train.py", "papers/ect/method.py", "papers/arimec/method.py"):
+        (fake / rel).parent.mkdir(parents=True, exist_ok=True)
+        (fake / rel).write_text(f"# {rel}\n")
+    monkeypatch.setattr(paths, "LAB", fake)
+    ect, arimec, everything = paths.source_hash("ect"), paths.source_hash("arimec"), paths.source_hash()
+    (fake / "papers/arimec/method.py").write_text("# changed\n")
+    assert paths.source_hash("ect") == ect
+    assert paths.source_hash("arimec") != arimec and paths.source_hash() != everything
+    (fake / "train.py").write_text("# a shared core changed\n")
+    assert paths.source_hash("ect") != ect

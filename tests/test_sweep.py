@@ -102,7 +102,7 @@ def test_sweep_writes_a_record_of_every_claim_and_seed(tmp_path, records_dir, cl
     p = record["provenance"]
     for key in ("commit", "dirty", "lab_source_hash", "date", "hardware", "torch", "lab", "jobs", "runs"):
         assert key in p
-    assert p["lab_source_hash"] == __import__("lab").paths.source_hash() and p["jobs"] == 2
+    assert p["lab_source_hash"] == __import__("lab").paths.source_hash(record["chapter"]) and p["jobs"] == 2
     assert p["commit"] is None or (len(p["commit"]) >= 7 and isinstance(p["dirty"], bool))
     assert p["hardware"] and p["torch"] and p["date"].endswith("Z")
     assert [r["seed"] for r in p["runs"]] == [0, 1, 2, 3] and all(r["wall_s"] > 0 for r in p["runs"])
