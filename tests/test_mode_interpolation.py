@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import torch
 
 from lab.data import gaussian_1d, gaussian_grid
 from lab.metrics import auroc, roc_curve
-from lab.nn import Decoder
+from lab.nn import Decoder, timestep_embedding
 from lab.papers.mode_interpolation import experiments as ex
 from lab.papers.mode_interpolation import method as mi
 from lab.papers.mode_interpolation.ddpm import DDPMSchedule
@@ -161,6 +162,87 @@ def test_network_parameter_counts():
         net(torch.randn(5, 3), 0)
 
 
+def test_timestep_embedding_frequencies():
+    # [sin(t f_i), cos(t f_i)], f_i = exp(-ln(1e4) i / (W/2 - 1)): f_0 = 1, f_{W/2-1} = 1e-4
+    W, t = 64, torch.tensor([0, 1, 9, 999])
+    f = torch.exp(-math.log(1e4) * torch.arange(W // 2, dtype=torch.float64) / (W // 2 - 1))
+    arg = t[:, None].double() * f
+    expected = torch.cat([torch.sin(arg), torch.cos(arg)], 1)
+    assert torch.allclose(timestep_embedding(t, W).double(), expected, atol=1e-4)
+    assert f[0] == 1.0 and f[-1] == pytest.approx(1e-4, rel=1e-12)
+
+
+def _spec_decoder(net, x, t):
+    """The Decoder written out from its definition: in (no bias); temb = act(Lin(emb(t)));
+    h <- h + Lin2(act(LN(Lin1(act(LN(h))) + Lin_t(temb)))); out = Linear(LN(h))."""
+    P = dict(net.named_parameters())
+    act = lambda z: torch.where(z > 0, z, 0.02 * z)
+
+    def ln(h, name):
+        mean, var = h.mean(-1, keepdim=True), h.var(-1, unbiased=False, keepdim=True)
+        return (h - mean) / torch.sqrt(var + 1e-5) * P[name + ".weight"] + P[name + ".bias"]
+
+    temb = act(timestep_embedding(t, net.width) @ P["t_proj.0.weight"].T + P["t_proj.0.bias"])
+    h = x @ P["inp.weight"].T
+    for k in range(len(net.blocks)):
+        b = f"blocks.{k}."
+        u = act(ln(h, b + "norm1")) @ P[b + "fc1.weight"].T
+        u = u + temb @ P[b + "time.weight"].T + P[b + "time.bias"]
+        h = h + act(ln(u, b + "norm2")) @ P[b + "fc2.weight"].T
+    return ln(h, "out_norm") @ P["out.weight"].T + P["out.bias"]
+
+
+def test_decoder_matches_its_definition_and_xavier_init():
+    torch.manual_seed(0)
+    net = Decoder(1, 64, 3)
+    for name, p in net.state_dict().items():
+        if name.endswith("weight") and p.dim() == 2:        # Xavier-uniform: U(-a, a), a = sqrt(6/(in+out))
+            a = math.sqrt(6 / sum(p.shape))
+            assert float(p.abs().max()) <= a and float(p.abs().max()) > 0.95 * a, name
+            if p.numel() >= 4096:
+                assert float(p.std()) == pytest.approx(a / math.sqrt(3), rel=0.05), name
+        elif name.endswith("bias"):
+            assert not p.any(), name                        # biases start at zero
+        else:
+            assert torch.equal(p, torch.ones_like(p)), name  # LayerNorm gains start at one
+    assert net.inp.bias is None and all(b.fc1.bias is None and b.fc2.bias is None for b in net.blocks)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))               # away from the init, LN affine included
+        x, t = 2 * torch.randn(50, 1), torch.randint(0, 1000, (50,))
+        assert torch.allclose(net(x, t), _spec_decoder(net, x, t), atol=1e-5)
+
+
+def test_tiny_training_is_the_plain_loop():
+    """train_denoiser = Adam(1e-3, 0.9/0.999), cosine to lr_final, EMA from the initial weights,
+    ε-loss on batches drawn with replacement: the same numbers as a loop written out by hand."""
+    run = ex.ToyConfig(n_data=300, width=16, batch=64,
+                       train=TrainConfig(steps=20, lr=1e-3, lr_final=1e-5, ema=0.999))
+    data = ex.make_data(run, 3)
+    result = ex.train_denoiser(run, data, seed=3, run_dir=False)
+    torch.manual_seed(3)
+    net = Decoder(1, 16, 3)
+    ema = {k: v.clone() for k, v in net.state_dict().items()}
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.9, 0.999))
+    g, d = torch.Generator().manual_seed(3 * 1009), torch.as_tensor(data, dtype=torch.float32)
+    for i in range(20):
+        opt.param_groups[0]["lr"] = 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * i / 20))
+        x0 = d[torch.randint(0, len(d), (64,), generator=g)]
+        t = torch.randint(0, 1000, (64,), generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        ab = SCHED.alpha_bars.float()[t][:, None]
+        loss = (net(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, t) - eps).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for k, v in net.state_dict().items():
+                ema[k].mul_(0.999).add_(v, alpha=0.001)
+    for k, v in net.state_dict().items():
+        assert torch.allclose(result.model.state_dict()[k], v, atol=1e-6), k
+        assert torch.allclose(result.ema_model.state_dict()[k], ema[k], atol=1e-6), k
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="dataset"):
         ex.ToyConfig(dataset="circle")
@@ -175,7 +257,7 @@ def test_larger_studies_run_save_and_load(tmp_path, monkeypatch):
     micro = ex.ToyConfig(dataset="square", n_data=500, width=16, batch=64, timesteps=50,
                          train=TrainConfig(steps=5, lr=1e-3, ema=0.9), n_samples=300, record_last=10,
                          sample_batch=300)
-    cfg = ex.ChapterConfig(line=ex.ToyConfig(), line_gating=False, grids=micro, grid_steps_long=8,
+    cfg = ex.ChapterConfig(line=ex.ToyConfig(), grids=micro, grid_steps_long=8,
                            recursive=ex.RecursiveConfig(dataclasses.replace(micro, n_data=200, n_samples=250),
                                                         generations=2, extra=50))
     saved = tmp_path / "saved"
