@@ -1,9 +1,19 @@
 import json
+import types
 
+import nbformat
 import pytest
 
 from lab import paths
 from lab.sweep import build_record
+
+
+def notebook_chapter(path, source: str):
+    """A stand-in chapter (id, ready, notebook) whose notebook is one code cell of `source`."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return types.SimpleNamespace(id="mode-interpolation", ready=True, notebook=path)
 
 
 def make_record(folder, held, *, chapter="mode-interpolation", scale="tiny", claim="C1",

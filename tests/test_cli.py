@@ -1,12 +1,10 @@
 import json
 import subprocess
 import sys
-import types
 
-import nbformat
 import pytest
 
-from conftest import make_record
+from conftest import make_record, notebook_chapter
 from lab import cli
 
 
@@ -49,17 +47,12 @@ def test_chapter_not_written_yet():
 
 
 def fake_chapter(tmp_path, measured, before_summary=""):
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        "from lab import start\n"
-        "s, cfg, ledger = start('mode-interpolation')\n"
-        f"ledger.check('C1', 'a claim', {measured}, at_least=0.5)\n"
-        "ledger.check('C2', 'another', 1.0, at_least=0.5)\n"
-        + before_summary +
-        "ledger.summary()")])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path = tmp_path / "fake.ipynb"
-    nbformat.write(nb, path)
-    return types.SimpleNamespace(id="mode-interpolation", ready=True, notebook=path)
+    return notebook_chapter(tmp_path / "fake.ipynb",
+                            "from lab import start\n"
+                            "s, cfg, ledger = start('mode-interpolation')\n"
+                            f"ledger.check('C1', 'a claim', {measured}, at_least=0.5)\n"
+                            "ledger.check('C2', 'another', 1.0, at_least=0.5)\n"
+                            + before_summary + "ledger.summary()")
 
 
 @pytest.fixture

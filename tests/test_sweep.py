@@ -1,10 +1,8 @@
 import json
-import types
 
-import nbformat
 import pytest
 
-from conftest import make_record
+from conftest import make_record, notebook_chapter
 from lab import cli, records, sweep
 
 
@@ -58,18 +56,15 @@ def seed_chapter(tmp_path, crash_on=None):
     """A chapter whose claim C1 (``seed % 3 ≥ 1``) holds on some seeds only, asserted (gating)
     as a chapter would; and C2, which always holds. Seed `crash_on` crashes the notebook."""
     crash = f"assert seed != {crash_on}, 'crashed on seed {crash_on}'\n" if crash_on is not None else ""
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        "import os\n"
-        "from lab.claims import Ledger\n"
-        "seed = int(os.environ['LAB_SEED'])\n" + crash +
-        "ledger = Ledger('mode-interpolation', os.environ['LAB_SCALE'], seed)\n"
-        "ledger.check('C1', 'seed mod 3', seed % 3, at_least=1, gating=True, paper='every seed')\n"
-        "ledger.check('C2', 'always', 1.0, at_least=0.5)\n"
-        "ledger.summary()")])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path = tmp_path / "seeds.ipynb"
-    nbformat.write(nb, path)
-    return types.SimpleNamespace(id="mode-interpolation", ready=True, notebook=path)
+    return notebook_chapter(tmp_path / "seeds.ipynb",
+                            "import os\n"
+                            "from lab.claims import Ledger\n"
+                            "seed = int(os.environ['LAB_SEED'])\n" + crash +
+                            "ledger = Ledger('mode-interpolation', os.environ['LAB_SCALE'], seed)\n"
+                            "ledger.check('C1', 'seed mod 3', seed % 3, at_least=1, gating=True,"
+                            " paper='every seed')\n"
+                            "ledger.check('C2', 'always', 1.0, at_least=0.5)\n"
+                            "ledger.summary()")
 
 
 @pytest.fixture
