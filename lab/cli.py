@@ -67,6 +67,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _written(chapter_id: str):
+    """The chapter, or None (with a message) when it is not written yet."""
+    chapter = get(chapter_id)
+    if not chapter.ready:
+        print(f"chapter {chapter_id!r} is not written yet", file=sys.stderr)
+        return None
+    return chapter
+
+
 def cmd_list() -> int:
     for i, c in enumerate(CHAPTERS, 1):
         print(f"{i:>2}  {c.id:<20} {'ready ' if c.ready else 'to come'}  {c.title} (arXiv {c.arxiv})")
@@ -77,9 +86,8 @@ def cmd_run(chapter_id: str, scale: str | None, seed: int | None, timeout: int) 
     from .claims import ClaimsTable
     from .scale import current_scale, current_seed
 
-    chapter = get(chapter_id)
-    if not chapter.ready:
-        print(f"chapter {chapter_id!r} is not written yet", file=sys.stderr)
+    chapter = _written(chapter_id)
+    if chapter is None:
         return 2
     scale, seed = current_scale(scale), current_seed(seed)
     results = paths.results_dir()
@@ -153,9 +161,8 @@ def cmd_sweep(chapter_id: str, seeds: list[int], scale: str | None, jobs: int | 
     from .claims import text_table
     from .scale import current_scale
 
-    chapter = get(chapter_id)
-    if not chapter.ready:
-        print(f"chapter {chapter_id!r} is not written yet", file=sys.stderr)
+    chapter = _written(chapter_id)
+    if chapter is None:
         return 2
     scale, jobs = current_scale(scale), jobs or os.cpu_count() or 1
     print(f"sweeping {chapter.id} at scale {scale} over seeds {sweep.format_seeds(seeds)}, "

@@ -1,5 +1,11 @@
 """What the rendered-page checks look for, kept apart so that a plain unit test can check them."""
+import base64
+import html
+import json
 import re
+from pathlib import Path
+
+from lab.viz.style import min_font_px_of
 
 RAW_TEX = re.compile(r"\$\$|\\(mathrm|Delta|frac|sum|mathcal|bar|hat|sqrt|left|right)\b")
 PROGRESS = re.compile(r"\d+%\|[^|]*\|\s*\d+/\d+")           # tqdm's text bar: " 8%|▊  | 25/300"
@@ -10,3 +16,32 @@ def visible_text(dom: str) -> str:
     for tag in ("mjx-container", "script", "style", "noscript"):
         dom = re.sub(rf"<{tag}\b.*?</{tag}>", " ", dom, flags=re.S)
     return re.sub(r"<[^>]+>", " ", dom)
+
+
+MIN_LABEL_PX = 8.5      # about 9 px: the smallest text a reader can take in without zooming
+
+
+def label_heights(dom: str, page_dir: Path) -> list[tuple[str, float]]:
+    """(image, smallest text height in shown pixels) for every image of `dom` that is shown
+    and carries a text-size record. `dom` must hold the widths that the rendered-page test's
+    script writes into ``data-lab-img-widths`` (natural and shown width, in document order)."""
+    found = re.search(r'data-lab-img-widths="([^"]*)"', dom)
+    if found is None:
+        raise ValueError("dom must carry data-lab-img-widths (the page did not finish loading)")
+    widths = json.loads(html.unescape(found.group(1)))
+    sources = re.findall(r"<img\b[^>]*?\bsrc=\"([^\"]*)\"", dom)
+    if len(sources) != len(widths):
+        raise ValueError(f"{len(sources)} images in the DOM but {len(widths)} measured")
+    out = []
+    for index, (src, (natural, shown)) in enumerate(zip(sources, widths)):
+        if not shown or not natural or not src.endswith(".png") and not src.startswith("data:image/png"):
+            continue
+        if src.startswith("data:"):
+            png = base64.b64decode(src.split(",", 1)[1])
+        else:
+            png = (page_dir / html.unescape(src)).read_bytes()
+        px = min_font_px_of(png)
+        if px is not None and px > 0:
+            out.append((src[:60] if not src.startswith("data:") else f"image {index} (inline)",
+                        px * shown / natural))
+    return out

@@ -64,3 +64,24 @@ def test_install_cell_is_folded_and_start_is_one_line(chapter):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "pip" in code[0].source and "hide-cell" in code[0].metadata.get("tags", [])
     assert f'session, cfg, ledger = start("{chapter.id}")' in code[1].source
+
+
+# What a reader and a teacher find at the end of every chapter, in this order.
+END_SECTIONS = ("## The claims", "## Key takeaways", "## What each experiment mirrors in the paper",
+                "## Exercises", "## What changes at larger scale", "## References")
+
+
+@pytest.mark.parametrize("chapter", READY, ids=[c.id for c in READY])
+def test_chapter_has_the_standard_sections_in_order(chapter):
+    nb = nbformat.read(chapter.notebook, as_version=4)
+    heads = [line.strip() for c in nb.cells if c.cell_type == "markdown"
+             for line in c.source.splitlines() if line.startswith("## ")]
+    missing = [h for h in END_SECTIONS if h not in heads]
+    assert not missing, f"{chapter.id} lacks {missing}"
+    order = [heads.index(h) for h in END_SECTIONS]
+    assert order == sorted(order), f"{chapter.id}: the sections must come in the order {END_SECTIONS}"
+    references = nb.cells[-1].source
+    assert references.startswith("## References") and "arxiv.org/abs/" + chapter.arxiv in references, (
+        f"{chapter.id}: the last cell must be the references, starting with the paper")
+    mirrors = next(c.source for c in nb.cells if c.source.startswith("## What each experiment mirrors"))
+    assert mirrors.count("\n|") >= 3, f"{chapter.id}: the mirrors section is a table, one row per experiment"

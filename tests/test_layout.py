@@ -164,6 +164,30 @@ def test_the_page_checks_catch_what_they_look_for():
     assert PROGRESS.search("mimetic · seed 0:   8%|▊         | 25/300 [00:03<00:40]")
 
 
+def test_the_label_check_reads_text_heights_at_the_shown_width(tmp_path):
+    import base64
+    import json
+
+    from pagecheck import MIN_LABEL_PX, label_heights
+
+    from lab.viz.style import figure, png_bytes
+    fig, ax = figure(width=9.0)
+    ax.set_xlabel("x", fontsize=9)
+    big = png_bytes(fig, dpi=100)                            # 900 px wide, 12.5-px labels
+    ax.set_title("small", fontsize=6)
+    small = png_bytes(fig, dpi=100)
+    (tmp_path / "fig.png").write_bytes(small)
+    inline = "data:image/png;base64," + base64.b64encode(big).decode()
+    widths = json.dumps([[900, 450], [900, 900], [900, 0]]).replace('"', "&quot;")
+    dom = (f'<body data-lab-img-widths="{widths}"><img src="{inline}"><img src="fig.png">'
+           f'<img src="fig.png"></body>')
+    (_, shrunk), (_, full) = label_heights(dom, tmp_path)     # the hidden third one is skipped
+    assert abs(shrunk - 12.5 / 2) < 0.01 and shrunk < MIN_LABEL_PX
+    assert abs(full - 6 * 100 / 72) < 0.01 and full < MIN_LABEL_PX
+    with pytest.raises(ValueError, match="data-lab-img-widths"):
+        label_heights("<body><img src='fig.png'></body>", tmp_path)
+
+
 def test_a_chapters_source_hash_ignores_the_other_chapters(tmp_path, monkeypatch):
     """Records go stale when code a chapter can import changes, not when another chapter's does."""
     from lab import paths

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lab.chapters import CHAPTERS
-from pagecheck import PROGRESS, RAW_TEX, visible_text
+from pagecheck import MIN_LABEL_PX, PROGRESS, RAW_TEX, label_heights, visible_text
 
 pytestmark = pytest.mark.rendered
 HTML = Path(os.environ.get("LAB_HTML_DIR") or Path(__file__).resolve().parent.parent / "_build" / "html")
@@ -91,6 +91,30 @@ def test_no_raw_tex_progress_fragments_or_tracebacks(chapter):
     outputs = " ".join(re.findall(r'<div class="cell_output.*?</div>\s*</div>', dom, flags=re.S))
     assert not PROGRESS.search(visible_text(outputs)), "a text progress bar leaked into an output"
     assert "Traceback (most recent call last)" not in text
+
+
+# After the page has loaded, write each image's natural and shown width into the DOM, so that
+# --dump-dom (the only output of a headless Chromium run without a driver) carries them.
+MEASURE = """<script>window.addEventListener('load', () => setTimeout(() => {
+  const widths = [...document.querySelectorAll('img')].map(i => [i.naturalWidth, i.clientWidth]);
+  document.body.setAttribute('data-lab-img-widths', JSON.stringify(widths)); }, 300));</script>"""
+
+
+@pytest.mark.parametrize("chapter", READY)
+def test_figure_labels_are_legible_at_page_width(chapter):
+    """Every figure's smallest text, as the page shows it in a 1280-pixel-wide window, is at
+    least MIN_LABEL_PX tall (the PNGs carry their smallest text height; lab.viz.style)."""
+    page = HTML / "book" / f"{chapter}.html"
+    probe = page.with_name(f"_labels_{page.name}")
+    probe.write_text(page.read_text().replace("</body>", MEASURE + "</body>"))
+    try:
+        dom = browse(probe, "--window-size=1280,900", "--virtual-time-budget=8000", "--dump-dom").stdout
+    finally:
+        probe.unlink()
+    heights = label_heights(dom, HTML / "book")
+    assert len(heights) >= 3, f"found only {len(heights)} figures with a text-size record"
+    small = [(where, round(px, 1)) for where, px in heights if px < MIN_LABEL_PX]
+    assert not small, f"labels under {MIN_LABEL_PX} px at page width: {small}"
 
 
 def test_no_page_loads_scripts_from_a_cdn():

@@ -37,15 +37,15 @@ def greedy_stepper(scale: str, seed: int) -> Explorer:
         for cell, delta, _ in trace[:r]:
             joint[cell] = delta
         left = trace[r - 1][2] if r else [p, q]
-        fig, axes = figure(ncols=3, width=10, height=3.2, gridspec_kw={"width_ratios": [1, 2, 1]})
+        fig, axes = figure(ncols=3, width=9, height=3.4, gridspec_kw={"width_ratios": [1, 2, 1]})
         axes[0].barh(np.arange(len(p)), p, color="#dddddd", label="p")
         axes[0].barh(np.arange(len(p)), left[0], color=PALETTE["in"], label="remaining")
         axes[0].invert_yaxis(), axes[0].invert_xaxis()
-        axes[0].set(title="row marginal p: what remains", yticks=range(len(p)))
+        axes[0].set(title="row marginal p:\nwhat remains", yticks=range(len(p)))
         axes[1].imshow(joint, cmap="Blues", vmin=0, vmax=max(p.max(), q.max()))
         for (i, j), v in np.ndenumerate(joint):
             if v > 0:
-                axes[1].text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7)
+                axes[1].text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=9)
         if r:
             (i, j), delta, _ = trace[r - 1]
             axes[1].add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec=PALETTE["accent"], lw=2))
@@ -55,7 +55,7 @@ def greedy_stepper(scale: str, seed: int) -> Explorer:
                     xticks=range(len(q)), yticks=range(len(p)), xlabel="column marginal q")
         axes[2].bar(np.arange(len(q)), q, color="#dddddd")
         axes[2].bar(np.arange(len(q)), left[1], color=PALETTE["oracle"])
-        axes[2].set(title="column marginal q: what remains", xticks=range(len(q)))
+        axes[2].set(title="column marginal q:\nwhat remains", xticks=range(len(q)))
         stamp(fig, scale, seed)
         return fig
 
@@ -122,14 +122,14 @@ def imec_stepper(scale: str, seed: int) -> Explorer:
     def render(method, message, step):
         steps, xs, x, y = recorded[(method, tuple(int(c) for c in message))]
         s = steps[min(step, len(steps) - 1)]
-        fig, axes = figure(ncols=3, width=11, height=3.3, gridspec_kw={"width_ratios": [1.1, 1.2, 1.4]})
+        fig, axes = figure(ncols=3, width=9, height=3.8, gridspec_kw={"width_ratios": [1.1, 1.2, 1.4]})
         labels = _partition_label(method, s.handle, len(s.blocks))
         pos = np.arange(len(s.blocks))
         axes[0].bar(pos - 0.2, s.blocks, 0.4, color="#bbbbbb", label="before")
         axes[0].bar(pos + 0.2, s.posterior_blocks, 0.4, color=PALETTE["in"], label="after")
-        axes[0].set_xticks(range(len(s.blocks)), labels, rotation=45, fontsize=7)
+        axes[0].set_xticks(range(len(s.blocks)), labels, rotation=45, fontsize=9)
         axes[0].set(title=f"chosen partition (H = {mec.entropy(s.blocks):.2f})", ylim=(0, 1))
-        axes[0].legend(frameon=False, fontsize=7)
+        axes[0].legend(frameon=False, fontsize=9)
         if s.coupling is None:
             axes[1].text(0.5, 0.5, "blocks deterministic:\ny drawn from ν alone", ha="center", va="center")
             axes[1].set_axis_off()
@@ -140,16 +140,16 @@ def imec_stepper(scale: str, seed: int) -> Explorer:
             for g in s.group:
                 row = int(np.flatnonzero(s.token_ids == g)[0])
                 axes[1].axhline(row, color=PALETTE["accent"], lw=6 if g == s.token_ids[s.chosen] else 2, alpha=0.4)
-            axes[1].set_yticks(range(len(s.token_ids)), [f"y={t}" for t in s.token_ids], fontsize=7)
-            axes[1].set_xticks(range(len(labels)), labels, rotation=45, fontsize=7)
+            axes[1].set_yticks(range(len(s.token_ids)), [f"y={t}" for t in s.token_ids], fontsize=9)
+            axes[1].set_xticks(range(len(labels)), labels, rotation=45, fontsize=9)
             merged = f", merged {list(map(int, s.group))}" if len(s.group) > 1 else ""
             axes[1].set_title(f"coupling: chose y={int(s.token_ids[s.chosen])}{merged}\n"
-                              "green: message's block", fontsize=8)
+                              "green: message's block", fontsize=9)
         post = np.array([s.posterior.prob(v) for v in xs])
         colours = [PALETTE["accent"] if _same(method, v, x) else PALETTE["grey"] for v in xs]
         axes[2].bar(range(len(xs)), post, color=colours)
-        axes[2].set_xticks(range(len(xs)), [_as_bits(method, v) for v in xs], rotation=45, fontsize=7)
-        axes[2].set(ylim=(0, 1), title=f"posterior over messages: {mec.entropy(post):.2f} nats left to send")
+        axes[2].set_xticks(range(len(xs)), [_as_bits(method, v) for v in xs], rotation=45, fontsize=9)
+        axes[2].set(ylim=(0, 1), title=f"posterior over messages:\n{mec.entropy(post):.2f} nats left to send")
         searched = getattr(s.posterior, "searched_per_step", None)
         search = f" · search evaluated {searched[-1]} node(s)" if searched else ""
         fig.suptitle(f"{method} · message {''.join(map(str, message))} · round {step + 1}/{len(steps)} "
@@ -195,7 +195,7 @@ def merge_figure(result: "am.MergeResult", scale: str, seed: int):
     ax.set_xticks(range(len(ks)), [f"k = {k}\n({round(2 ** (8 / k))}-ary)" for k in ks])
     ax.set(ylabel="Ĥ(X, Y) (nats)", ylim=(lo - 1, hi + 1.4),
            title="FIMEC on 8 uniform bits written as k components (±2 s.e.)")
-    ax.legend(frameon=False, fontsize=7, ncol=2, loc="upper left")
+    ax.legend(frameon=False, fontsize=9, ncol=2, loc="upper left")
     stamp(fig, scale, seed, f"{len(next(iter(result.nll.values())))} draws per bar")
     return fig
 
@@ -213,7 +213,7 @@ def merge_explorer(result: "am.MergeResult", scale: str, seed: int) -> Explorer:
                     label=f"{'merging' if merge else 'no merging'}: mean {v.mean():.2f}")
         ax.axvline(result.h_x, color="k", ls=":", lw=1, label=f"H(X) = {result.h_x:.2f}")
         ax.set(xlabel="−log p(x, y) of one draw (nats)", ylabel="draws", title=f"k = {k} components")
-        ax.legend(frameon=False, fontsize=7)
+        ax.legend(frameon=False, fontsize=9)
         stamp(fig, scale, seed)
         return fig
 
@@ -221,7 +221,7 @@ def merge_explorer(result: "am.MergeResult", scale: str, seed: int) -> Explorer:
 
 
 def stego_figure(result: "am.StegoResult", scale: str, seed: int):
-    fig, axes = figure(ncols=len(result.worlds), width=4 * len(result.worlds), height=3.3, sharey=True)
+    fig, axes = figure(ncols=len(result.worlds), width=3 * len(result.worlds), height=3.3, sharey=True)
     axes = np.atleast_1d(axes)
     for ax, world in zip(axes, result.worlds):
         for method, colour in METHOD_COLOURS.items():
@@ -232,7 +232,7 @@ def stego_figure(result: "am.StegoResult", scale: str, seed: int):
             ax.axvline(n, color=colour, ls=":", lw=1, label=f"H(prior) / H(Y per token), {method}")
         ax.set(xlabel="covertext length L (tokens)", title=f"world {world}: H(X) = {result.h_x[world]:.2f}")
     axes[0].set_ylabel("message error rate")
-    axes[0].legend(frameon=False, fontsize=7)
+    axes[0].legend(frameon=False, fontsize=9)
     stamp(fig, scale, seed, f"{len(result.worlds)} worlds")
     return fig
 
@@ -250,7 +250,7 @@ def roundtrip_figure(r: "am.Roundtrip", scale: str, seed: int):
              f"receiver reads: {r.decoded!r} → {mark} · {r.message_nats / r.cover_tokens:.2f} "
              "message nats per covertext token", ""]
     lines += textwrap.wrap("covertext: " + r.covertext, 110)[:9]
-    ax.text(0, 1, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=8,
+    ax.text(0, 1, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=9,
             color="#222222" if r.exact else PALETTE["accent"])
     stamp(fig, scale, seed)
     return fig

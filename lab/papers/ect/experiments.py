@@ -23,7 +23,7 @@ from .method import (
     ECTConfig,
     EDMPrecond,
     EMAProbe,
-    _check_level,
+    check_noise_level,
     consistency_sample,
     ect_loss_fn,
     edm_loss,
@@ -69,7 +69,7 @@ class RingConfig:
         for name in ("modes", "width", "blocks", "pretrain_batch", "tune_batch", "n_eval", "probe_every",
                      "heun_steps"):
             _check.integer(name, getattr(self, name), low=1)
-        _check_level("t_mid", self.t_mid, self.sigma_min, SIGMA_MAX)
+        check_noise_level("t_mid", self.t_mid, self.sigma_min, SIGMA_MAX)
 
     def mixture(self) -> Mixture:
         return ring(self.modes, self.radius, self.sigma)

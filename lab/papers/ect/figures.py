@@ -49,7 +49,7 @@ def curves_figure(curves: dict, heun_swd: float, scale: str, seed: int):
                 ls="-" if "2-step" in label else "--", label=label)
     ax.axhline(heun_swd, color=PALETTE["oracle"], lw=1, ls=":", label="diffusion, Heun 35 NFE")
     ax.set(yscale="log", xlabel="tuning steps", ylabel="SWD (log)", title="Quality against tuning steps")
-    ax.legend(frameon=False, fontsize=8)
+    ax.legend(frameon=False, fontsize=9)
     stamp(fig, scale, seed)
     return fig
 
@@ -85,7 +85,7 @@ def mapping_figure(q: float, stage: int, mapping: str = "sigmoid", p_mean: float
     r_const = ect.r_of_t(t, stage, q=q, mapping="const").numpy()
     t = T_GRID
     t_star = ect.clamp_threshold(stage, q=q, k=k, b=b, mapping=mapping)
-    fig, axes = figure(ncols=2, width=10, height=3.2)
+    fig, axes = figure(ncols=2, width=9, height=3.3)
     axes[0].plot(t, t - r, color=PALETTE["learned"], label="Δt = t − r(t)")
     axes[0].plot(t, t, color=PALETTE["grey"], lw=0.7, ls=":", label="Δt = t (r = 0)")
     axes[0].set(xscale="log", yscale="log", ylim=(1e-6, 100), xlabel="t", ylabel="Δt", title="the gap Δt")
@@ -100,7 +100,7 @@ def mapping_figure(q: float, stage: int, mapping: str = "sigmoid", p_mean: float
             ax.axvspan(0.002, t_star, color=PALETTE["halluc"], alpha=0.1, lw=0)
         ax.set_xticks([0.01, 0.1, 1, 10])
         ax.minorticks_off()           # log-axis minor ticks dominate the render time of each frame
-        ax.legend(frameon=False, fontsize=7, loc="lower right")
+        ax.legend(frameon=False, fontsize=9, loc="lower right")
     big_q = q ** (stage + 1)
     s2 = math.log2(big_q) - 1
     same = f" ≡ q = 2, s = {s2:.0f}" if q != 2 and s2 == round(s2) else ""
@@ -141,7 +141,7 @@ def playground_explorer(grid: dict, heun_swd: float, mixture, scale: str, seed: 
                     title=f"SWD {grid['swd'][steps, t_mid]:.3f} at {steps} step(s), t_mid = {t_mid:g}")
         axes[1].set_xticks([0.1, 0.3, 1, 3, 8], ["0.1", "0.3", "1", "3", "8"])
         axes[1].minorticks_off()
-        axes[1].legend(frameon=False, fontsize=7)
+        axes[1].legend(frameon=False, fontsize=9)
         stamp(fig, scale, seed)
         return fig
 
@@ -162,6 +162,6 @@ def digits_figure(result, scale: str, seed: int, per_row: int = 12):
         ax.imshow(np.concatenate(list(x), axis=1), cmap="gray_r", vmin=-1, vmax=1)
         ax.set(xticks=[], yticks=[])
         ax.set_title(f"{name}, {sampler} (NFE {row['nfe']}): FD {row['fd']:.2f}, "
-                     f"confident {row['confident']:.2f}", fontsize=8, loc="left")
+                     f"confident {row['confident']:.2f}", fontsize=9, loc="left")
     stamp(fig, scale, seed)
     return fig

@@ -331,7 +331,9 @@ def ect_loss_fn(data_fn: Callable[[int, torch.Generator], torch.Tensor], config:
 # ---------------------------------------------------------------------------------------------
 # Samplers
 # ---------------------------------------------------------------------------------------------
-def _check_level(name: str, value: float, sigma_min: float, sigma_max: float) -> float:
+def check_noise_level(name: str, value: float, sigma_min: float, sigma_max: float) -> float:
+    """`value` as a float, if it lies strictly between `sigma_min` and `sigma_max`; else a
+    ValueError naming `name`."""
     value = _check.real(name, value)
     if not sigma_min < value < sigma_max:
         raise ValueError(f"{name} must lie in (σ_min, σ_max) = ({sigma_min:g}, {sigma_max:g}); got {value:g}")
@@ -355,7 +357,7 @@ def consistency_sample(model: EDMPrecond, n: int, generator: torch.Generator, *,
     `f` is `model` in its eval form (f(x, σ_min) = x). NFE = 1 + len(t_mids)."""
     n = _check.integer("n", n, low=1)
     sigma_max = _check.real("sigma_max", sigma_max, low=0, low_open=True)
-    levels = [_check_level("t_mid", v, model.sigma_min, sigma_max) for v in t_mids]
+    levels = [check_noise_level("t_mid", v, model.sigma_min, sigma_max) for v in t_mids]
     shape = shape or (_check.integer("dim", dim if dim is not None else model.net.dim, low=1),)
     device = next(model.parameters()).device
     x = sigma_max * torch.randn((n, *shape), generator=generator, device=device)

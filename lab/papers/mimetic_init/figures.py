@@ -19,7 +19,7 @@ PART_LABELS = {"full": "full M", "cb": "C·Bᵀ only", "decay": "decay only"}
 
 def curves_figure(runs: dict, scale: str, seed: int):
     """Token and whole-string accuracy (teacher-forced) against training steps, every arm and seed."""
-    fig, (ax1, ax2) = figure(2, width=9.5, height=3.2)
+    fig, (ax1, ax2) = figure(2, width=9, height=3.3)
     for (arm, s), run in sorted(runs.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         style = "-" if s == seed else "--"
         colour = ARM_COLOURS.get(arm, "black")
@@ -27,10 +27,10 @@ def curves_figure(runs: dict, scale: str, seed: int):
         ax2.plot(run.steps, run.string_acc, style, color=colour)
     vocab = next(iter(runs.values())).model.vocab - 2
     ax1.axhline(1 / vocab, color="black", lw=0.6, ls=":")
-    ax1.text(0, 1 / vocab + 0.02, "chance", fontsize=7)
+    ax1.text(0, 1 / vocab + 0.02, "chance", fontsize=9)
     ax1.set(xlabel="step", ylabel="token accuracy", ylim=(0, 1.02), title="copy: token accuracy")
     ax2.set(xlabel="step", ylabel="whole-string accuracy", ylim=(0, 1.02), title="copy: whole string")
-    ax1.legend(fontsize=7, loc="upper left")
+    ax1.legend(fontsize=9, loc="upper left")
     stamp(fig, scale, seed)
     return fig
 
@@ -129,7 +129,7 @@ def decay_explorer(band: tuple[float, float], scale: str, seed: int,
         ax.set(xscale="log", ylim=(0, 1.02), xlabel="tokens back (i − j)", ylabel="decay mask exp(Σ Δ·A)",
                title=f"per-step decay {math.exp(-rate):.4f} · memory (mask > 1 %): "
                      + (f"{mem:,.0f} tokens" if mem < 1e7 else "≫ 10⁷ tokens"))
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=9, loc="lower left")
         stamp(fig, scale, seed)
         return fig
 

@@ -44,7 +44,7 @@ def loss_figure(losses: torch.Tensor, scale: str, seed: int):
 
 
 def samples_figure(learned: "ex.Analysis", oracle: "ex.Analysis", mixture, scale: str, seed: int):
-    fig, axes = figure(ncols=2, width=10, height=2.8, sharey=True)
+    fig, axes = figure(ncols=2, width=9, height=2.9, sharey=True)
     bins = np.linspace(0.5, 3.5, 241)
     for ax, an, name in ((axes[0], learned, "learned network"), (axes[1], oracle, "exact score (oracle)")):
         x = an.x[:, 0]
@@ -54,7 +54,7 @@ def samples_figure(learned: "ex.Analysis", oracle: "ex.Analysis", mixture, scale
         for m in mixture.modes[:, 0]:
             ax.axvspan(m - 4 * mixture.sigma, m + 4 * mixture.sigma, color="k", alpha=0.06, lw=0)
         ax.set(xlabel="sample", title=f"{name}: {an.rate:.2%} beyond 4σ")
-        ax.legend(frameon=False, fontsize=8)
+        ax.legend(frameon=False, fontsize=9)
     axes[0].set_ylabel("count (log)")
     stamp(fig, scale, seed, "grey bands: within 4σ of a mode")
     return fig
@@ -92,7 +92,7 @@ def landscape_explorer(model, mixture, schedule, samples, analysis, scale: str, 
                     label="hallucinations at t = 10")
         ax.set(xlim=(0.5, 3.5), ylim=(0.5, 3.5), xlabel="x_t / √ᾱ_t", ylabel="predicted clean sample",
                title=f"t = {t}, ᾱ_t = {float(schedule.alpha_bars[t]):.3g}")
-        ax.legend(frameon=False, fontsize=8, loc="upper left")
+        ax.legend(frameon=False, fontsize=9, loc="upper left")
         stamp(fig, scale, seed)
         return fig
 
@@ -145,7 +145,7 @@ def threshold_explorer(analysis: "ex.Analysis", scale: str, seed: int) -> Explor
     def render(K, retain):
         hal = analysis.hal[K]
         op = mi.operating_point(hal, h, retain)
-        fig, (a1, a2) = figure(ncols=2, width=10, height=3.0)
+        fig, (a1, a2) = figure(ncols=2, width=9, height=3.1)
         bins = np.logspace(np.log10(max(hal.min(), 1e-12)), np.log10(hal.max()), 60)
         a1.hist(hal[~h], bins=bins, color=PALETTE["in"], alpha=0.75, label="in support")
         a1.hist(hal[h], bins=bins, color=PALETTE["halluc"], alpha=0.85, label="hallucinated")
@@ -154,7 +154,7 @@ def threshold_explorer(analysis: "ex.Analysis", scale: str, seed: int) -> Explor
         a1.set(xscale="log", yscale="log", xlabel=f"Hal (K = {K})", ylabel="count",
                title=f"τ = {op.threshold:.2e}: removes {int((hal[h] > op.threshold).sum())}/{int(h.sum())} "
                      f"hallucinated, {removed_in} in-support")
-        a1.legend(frameon=False, fontsize=8)
+        a1.legend(frameon=False, fontsize=9)
         fpr, tpr, _ = rocs[K]
         a2.plot(fpr, tpr, color=PALETTE["accent"])
         a2.plot([1 - op.kept], [op.removal], "o", color="k")
@@ -183,7 +183,7 @@ def grids_figure(studies: dict):
         roc = grids[name]["arrays"]["roc"]
         axes[-1].plot(roc[0], roc[1], label=f"{name} ({grids[name]['steps']:,} steps), AUROC {grids[name]['auroc']:.3f}")
     axes[-1].set(xlabel="in-support removed", ylabel="hallucinations removed", title="ROC of Hal (K = 10)")
-    axes[-1].legend(frameon=False, fontsize=7)
+    axes[-1].legend(frameon=False, fontsize=9)
     stamp(fig, studies["scale"], studies["seed"], f"recorded {studies['recorded']} on {studies['device']}")
     return fig
 
