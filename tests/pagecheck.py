@@ -21,10 +21,12 @@ def visible_text(dom: str) -> str:
 MIN_LABEL_PX = 8.5      # about 9 px: the smallest text a reader can take in without zooming
 
 
-def label_heights(dom: str, page_dir: Path) -> list[tuple[str, float]]:
-    """(image, smallest text height in shown pixels) for every image of `dom` that is shown
-    and carries a text-size record. `dom` must hold the widths that the rendered-page test's
-    script writes into ``data-lab-img-widths`` (natural and shown width, in document order)."""
+def label_heights(dom: str, page_dir: Path) -> list[tuple[str, float | None]]:
+    """(image, smallest text height in shown pixels) for every figure of `dom` that is shown: the
+    cells' PNG outputs and the explorers' inline frames. The height is None for a PNG that carries
+    no text-size record (it was not drawn through lab.viz.style.png_bytes). `dom` must hold the
+    widths that the rendered-page test's script writes into ``data-lab-img-widths`` (natural and
+    shown width, in document order)."""
     found = re.search(r'data-lab-img-widths="([^"]*)"', dom)
     if found is None:
         raise ValueError("dom must carry data-lab-img-widths (the page did not finish loading)")
@@ -34,14 +36,10 @@ def label_heights(dom: str, page_dir: Path) -> list[tuple[str, float]]:
         raise ValueError(f"{len(sources)} images in the DOM but {len(widths)} measured")
     out = []
     for index, (src, (natural, shown)) in enumerate(zip(sources, widths)):
-        if not shown or not natural or not src.endswith(".png") and not src.startswith("data:image/png"):
+        inline = src.startswith("data:image/png")
+        if not shown or not natural or not (inline or "_images/" in src and src.endswith(".png")):
             continue
-        if src.startswith("data:"):
-            png = base64.b64decode(src.split(",", 1)[1])
-        else:
-            png = (page_dir / html.unescape(src)).read_bytes()
+        png = base64.b64decode(src.split(",", 1)[1]) if inline else (page_dir / html.unescape(src)).read_bytes()
         px = min_font_px_of(png)
-        if px is not None and px > 0:
-            out.append((src[:60] if not src.startswith("data:") else f"image {index} (inline)",
-                        px * shown / natural))
+        out.append((f"image {index} (inline)" if inline else src, px * shown / natural if px else None))
     return out

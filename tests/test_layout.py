@@ -166,26 +166,42 @@ def test_the_page_checks_catch_what_they_look_for():
 
 def test_the_label_check_reads_text_heights_at_the_shown_width(tmp_path):
     import base64
+    import io
     import json
 
     from pagecheck import MIN_LABEL_PX, label_heights
 
-    from lab.viz.style import figure, png_bytes
+    from lab.viz.style import _with_text_chunk, figure, png_bytes
     fig, ax = figure(width=9.0)
-    ax.set_xlabel("x", fontsize=9)
-    big = png_bytes(fig, dpi=100)                            # 900 px wide, 12.5-px labels
-    ax.set_title("small", fontsize=6)
-    small = png_bytes(fig, dpi=100)
-    (tmp_path / "fig.png").write_bytes(small)
+    big = png_bytes(fig, dpi=100)                            # 900 px wide, ≥ 9 px text at 676
+    plain = io.BytesIO()
+    fig.savefig(plain, format="png", dpi=100)
+    (tmp_path / "_images").mkdir()
+    (tmp_path / "_images" / "small.png").write_bytes(_with_text_chunk(plain.getvalue(),
+                                                                      "Lab-Min-Font-Px", "6.00"))
+    (tmp_path / "_images" / "plain.png").write_bytes(plain.getvalue())    # no text-size record
     inline = "data:image/png;base64," + base64.b64encode(big).decode()
-    widths = json.dumps([[900, 450], [900, 900], [900, 0]]).replace('"', "&quot;")
-    dom = (f'<body data-lab-img-widths="{widths}"><img src="{inline}"><img src="fig.png">'
-           f'<img src="fig.png"></body>')
-    (_, shrunk), (_, full) = label_heights(dom, tmp_path)     # the hidden third one is skipped
-    assert abs(shrunk - 12.5 / 2) < 0.01 and shrunk < MIN_LABEL_PX
-    assert abs(full - 6 * 100 / 72) < 0.01 and full < MIN_LABEL_PX
+    widths = json.dumps([[900, 450], [900, 676], [900, 900], [900, 0], [900, 900]])
+    dom = (f'<body data-lab-img-widths="{widths.replace(chr(34), "&quot;")}">'
+           f'<img src="{inline}"><img src="{inline}"><img src="_images/small.png">'
+           f'<img src="_images/small.png"><img src="_images/plain.png"></body>')
+    found = [px for _, px in label_heights(dom, tmp_path)]   # the hidden fourth one is skipped
+    assert len(found) == 4 and found[3] is None
+    assert found[0] < MIN_LABEL_PX <= found[1]               # shown at half width it is too small
+    assert found[2] == 6.0 < MIN_LABEL_PX
     with pytest.raises(ValueError, match="data-lab-img-widths"):
         label_heights("<body><img src='fig.png'></body>", tmp_path)
+
+
+@pytest.mark.parametrize("width,dpi", [(6, 72), (9, 72), (9, 100), (12, 100), (8, 80)])
+def test_figures_are_made_legible_at_page_width(width, dpi):
+    from lab.viz.style import MIN_TEXT_PX, PAGE_PX, figure, min_font_px_of, png_bytes
+    fig, ax = figure(width=width)
+    ax.plot([0, 1]), ax.set_title("six points", fontsize=6), ax.tick_params(labelsize=5)
+    ax.legend(["five"], fontsize=5)
+    shown = min(1.0, PAGE_PX / (width * dpi))
+    assert min_font_px_of(png_bytes(fig, dpi=dpi)) * shown >= MIN_TEXT_PX - 0.01
+    assert ax.title.get_fontsize() > 6
 
 
 def test_a_chapters_source_hash_ignores_the_other_chapters(tmp_path, monkeypatch):

@@ -113,6 +113,8 @@ def test_figure_labels_are_legible_at_page_width(chapter):
         probe.unlink()
     heights = label_heights(dom, HTML / "book")
     assert len(heights) >= 3, f"found only {len(heights)} figures with a text-size record"
+    unrecorded = [where for where, px in heights if px is None]
+    assert not unrecorded, f"figures not drawn through lab.viz.style.png_bytes: {unrecorded}"
     small = [(where, round(px, 1)) for where, px in heights if px < MIN_LABEL_PX]
     assert not small, f"labels under {MIN_LABEL_PX} px at page width: {small}"
 

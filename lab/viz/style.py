@@ -27,6 +27,8 @@ def stamp(fig, scale: str, seed: int | None = None, note: str = "") -> None:
 
 
 MIN_FONT_KEY = "Lab-Min-Font-Px"
+PAGE_PX = 676        # the width of the book's text column in a 1280-pixel-wide browser window
+MIN_TEXT_PX = 9.0    # the smallest text, in shown pixels, that a reader takes in without zooming
 
 
 def smallest_font_px(fig, dpi: float) -> float:
@@ -37,14 +39,43 @@ def smallest_font_px(fig, dpi: float) -> float:
     return min(sizes) * dpi / 72 if sizes else 0.0
 
 
+def legible(fig, dpi: float) -> float:
+    """Raise every text of `fig` that the page would show under MIN_TEXT_PX pixels, at `dpi` and
+    the page's width, to the size that shows at MIN_TEXT_PX; return that size in points. A figure
+    wider than the page is shown shrunk, so its smallest text must be larger."""
+    from matplotlib.text import Text
+    shown = min(1.0, PAGE_PX / (fig.get_figwidth() * dpi))
+    floor = MIN_TEXT_PX * 72 / (dpi * shown)
+    for ax in fig.axes:                       # tick labels are made anew at draw time
+        for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            ticks = axis.get_major_ticks()
+            if ticks and ticks[0].label1.get_fontsize() < floor:
+                ax.tick_params(axis=name, which="both", labelsize=floor)
+    for text in fig.findobj(Text):
+        if text.get_fontsize() < floor:
+            text.set_fontsize(floor)
+    return floor
+
+
 def png_bytes(fig, dpi: int = 80) -> bytes:
-    """`fig` as PNG bytes. The PNG carries the pixel height of its smallest text, so the
-    rendered-page checks can tell how tall the labels are at the width the page shows it."""
+    """`fig` as PNG bytes, its text made legible at the page's width (:func:`legible`). The PNG
+    carries the pixel height of its smallest text as drawn, so the rendered-page checks can tell
+    how tall the labels are at the width the page shows it."""
     import io
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi,
-                metadata={MIN_FONT_KEY: f"{smallest_font_px(fig, dpi):.2f}"})
-    return buf.getvalue()
+    legible(fig, dpi)
+    fig.savefig(buf, format="png", dpi=dpi)
+    return _with_text_chunk(buf.getvalue(), MIN_FONT_KEY, f"{smallest_font_px(fig, dpi):.3f}")
+
+
+def _with_text_chunk(png: bytes, key: str, value: str) -> bytes:
+    """`png` with a tEXt chunk (key, value) after its header chunk."""
+    import struct
+    import zlib
+    header_end = 8 + 4 + 4 + 13 + 4                      # signature, IHDR length, type, data, CRC
+    body = b"tEXt" + key.encode("latin-1") + b"\0" + value.encode("latin-1")
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+    return png[:header_end] + chunk + png[header_end:]
 
 
 def min_font_px_of(png: bytes) -> float | None:
