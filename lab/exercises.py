@@ -11,7 +11,7 @@ def check(name: str, answer, expected: float, *, rel: float = 1e-3, abs_tol: flo
     An answer left as ``None`` is reported as not attempted, so the notebook still runs top to bottom.
     """
     if answer is None:
-        print(f"◻ {name}: not answered yet — replace None with your answer and run the cell again.")
+        print(f"◻ {name}: not answered yet.\n  Replace None with your answer and run the cell again.")
         return
     try:
         value = float(answer)
