@@ -9,6 +9,7 @@ from lab.viz.style import min_font_px_of
 
 RAW_TEX = re.compile(r"\$\$|\\(mathrm|Delta|frac|sum|mathcal|bar|hat|sqrt|left|right)\b")
 PROGRESS = re.compile(r"\d+%\|[^|]*\|\s*\d+/\d+")           # tqdm's text bar: " 8%|▊  | 25/300"
+WARNING = re.compile(r"\b\w*Warning: ")                          # "UserWarning: Creating legend ..."
 
 
 def visible_text(dom: str) -> str:

@@ -85,3 +85,12 @@ def test_chapter_has_the_standard_sections_in_order(chapter):
         f"{chapter.id}: the last cell must be the references, starting with the paper")
     mirrors = next(c.source for c in nb.cells if c.source.startswith("## What each experiment mirrors"))
     assert mirrors.count("\n|") >= 3, f"{chapter.id}: the mirrors section is a table, one row per experiment"
+
+
+@pytest.mark.parametrize("chapter", READY, ids=[c.id for c in READY])
+def test_code_cells_fit_the_page(chapter):
+    """88 columns fit the text column (book/_static/lab.css sets the code font for it)."""
+    nb = nbformat.read(chapter.notebook, as_version=4)
+    long = [line for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines()
+            if len(line) > 88]
+    assert not long, f"{chapter.id}: code lines over 88 characters: {long[:3]}"

@@ -158,10 +158,12 @@ def test_listings_show_the_method_within_the_page_width(path):
 
 
 def test_the_page_checks_catch_what_they_look_for():
-    from pagecheck import PROGRESS, RAW_TEX, visible_text
+    from pagecheck import PROGRESS, RAW_TEX, WARNING, visible_text
     assert RAW_TEX.search(visible_text("<p>with step $$\\Delta_t = \\mathrm{softplus}$$</p>"))
     assert not RAW_TEX.search(visible_text("<p><mjx-container>\\Delta</mjx-container> ok</p>"))
     assert PROGRESS.search("mimetic · seed 0:   8%|▊         | 25/300 [00:03<00:40]")
+    assert WARNING.search('style.py:67: UserWarning: Creating legend with loc="best" can be slow')
+    assert not WARNING.search("a warning sign, not a Python warning")
 
 
 def test_the_label_check_reads_text_heights_at_the_shown_width(tmp_path):

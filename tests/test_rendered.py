@@ -1,4 +1,6 @@
 """Checks of the built HTML book in headless Chromium (run after `jupyter-book build`)."""
+import html
+import json
 import os
 import re
 import shutil
@@ -9,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lab.chapters import CHAPTERS
-from pagecheck import MIN_LABEL_PX, PROGRESS, RAW_TEX, label_heights, visible_text
+from pagecheck import MIN_LABEL_PX, PROGRESS, RAW_TEX, WARNING, label_heights, visible_text
 
 pytestmark = pytest.mark.rendered
 HTML = Path(os.environ.get("LAB_HTML_DIR") or Path(__file__).resolve().parent.parent / "_build" / "html")
@@ -90,6 +92,8 @@ def test_no_raw_tex_progress_fragments_or_tracebacks(chapter):
     assert not raw, f"raw TeX in the page: {raw[:5]}"
     outputs = " ".join(re.findall(r'<div class="cell_output.*?</div>\s*</div>', dom, flags=re.S))
     assert not PROGRESS.search(visible_text(outputs)), "a text progress bar leaked into an output"
+    warned = WARNING.search(visible_text(outputs))
+    assert not warned, f"a warning leaked into an output: {visible_text(outputs)[warned.start():][:120]}"
     assert "Traceback (most recent call last)" not in text
 
 
@@ -97,13 +101,17 @@ def test_no_raw_tex_progress_fragments_or_tracebacks(chapter):
 # --dump-dom (the only output of a headless Chromium run without a driver) carries them.
 MEASURE = """<script>window.addEventListener('load', () => setTimeout(() => {
   const widths = [...document.querySelectorAll('img')].map(i => [i.naturalWidth, i.clientWidth]);
-  document.body.setAttribute('data-lab-img-widths', JSON.stringify(widths)); }, 300));</script>"""
+  document.body.setAttribute('data-lab-img-widths', JSON.stringify(widths));
+  const wide = [...document.querySelectorAll('div.cell pre')].filter(p => p.scrollWidth > p.clientWidth + 1)
+    .map(p => p.textContent.split('\\n').reduce((a, b) => b.length > a.length ? b : a));
+  document.body.setAttribute('data-lab-wide-code', JSON.stringify(wide)); }, 300));</script>"""
 
 
 @pytest.mark.parametrize("chapter", READY)
-def test_figure_labels_are_legible_at_page_width(chapter):
-    """Every figure's smallest text, as the page shows it in a 1280-pixel-wide window, is at
-    least MIN_LABEL_PX tall (the PNGs carry their smallest text height; lab.viz.style)."""
+def test_figures_and_code_fit_the_page(chapter):
+    """In a 1280-pixel-wide window, every figure's smallest text is at least MIN_LABEL_PX tall
+    (the PNGs carry their smallest text height; lab.viz.style), and no code cell or printed
+    output is wider than the text column."""
     page = HTML / "book" / f"{chapter}.html"
     probe = page.with_name(f"_labels_{page.name}")
     probe.write_text(page.read_text().replace("</body>", MEASURE + "</body>"))
@@ -112,6 +120,8 @@ def test_figure_labels_are_legible_at_page_width(chapter):
     finally:
         probe.unlink()
     heights = label_heights(dom, HTML / "book")
+    wide = json.loads(html.unescape(re.search(r'data-lab-wide-code="([^"]*)"', dom).group(1)))
+    assert not wide, f"code or output wider than the page (scrolls sideways): {wide[:3]}"
     assert len(heights) >= 3, f"found only {len(heights)} figures with a text-size record"
     unrecorded = [where for where, px in heights if px is None]
     assert not unrecorded, f"figures not drawn through lab.viz.style.png_bytes: {unrecorded}"

@@ -154,7 +154,7 @@ def threshold_explorer(analysis: "ex.Analysis", scale: str, seed: int) -> Explor
         a1.set(xscale="log", yscale="log", xlabel=f"Hal (K = {K})", ylabel="count",
                title=f"τ = {op.threshold:.2e}: removes {int((hal[h] > op.threshold).sum())}/{int(h.sum())} "
                      f"hallucinated, {removed_in} in-support")
-        a1.legend(frameon=False, fontsize=9)
+        a1.legend(frameon=False, fontsize=9, loc="upper right")
         fpr, tpr, _ = rocs[K]
         a2.plot(fpr, tpr, color=PALETTE["accent"])
         a2.plot([1 - op.kept], [op.removal], "o", color="k")
