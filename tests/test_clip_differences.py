@@ -251,3 +251,50 @@ def test_lr_choice_keeps_the_zero_shot_guard(monkeypatch):
     if kept:
         assert table[lr]["direction_accuracy"] == max(table[k]["direction_accuracy"] for k in kept)
     assert ex.choose_lr(base, ex.PRESETS["tiny"], 0) == (1e-4, {})
+
+
+def test_gpu_preset_runs_the_chapter_on_a_local_open_clip_stand_in(monkeypatch):
+    """The gpu preset's path (load, lr choice, finetune of model.transformer, evaluation,
+    prompting, averaging) on a tiny random stand-in for an open_clip model: no download."""
+    import sys
+    import types
+
+    from test_shapes_clip import _stand_in_open_clip_tokenizer, _StandInOpenCLIP
+
+    from lab.train import TrainConfig
+    module = types.ModuleType("open_clip")
+    module.create_model_and_transforms = lambda arch, pretrained: (_StandInOpenCLIP(), None, None)
+    module.get_tokenizer = lambda arch: _stand_in_open_clip_tokenizer
+    monkeypatch.setitem(sys.modules, "open_clip", module)
+    gpu = ex.PRESETS["gpu"]
+    assert gpu.open_clip == ("ViT-B-32", "laion2b_s34b_b79k") and gpu.pc_batch == 512
+    assert ex.PRESETS["paper"].open_clip == ("ViT-L-14", "datacomp_xl_s13b_b90k")
+    cfg = dataclasses.replace(gpu, pc_train=TrainConfig(steps=2, lr=1e-6, progress_every=1),
+                              pc_batch=16, lr_validation=(13, 40), zero_shot=(123, 40),
+                              direction=(7, 40), retrieval=(8, 20), ranking=(9, 40),
+                              colour=(11, 60), colour_validation=(12, 60))
+    base, losses = ex.pretrain(cfg, 0)
+    assert losses is None and not any(p.requires_grad for p in base.parameters())
+    lr, table = ex.choose_lr(base, cfg, 0)
+    assert set(table) == set(gpu.lr_grid) and lr in table
+    pc = ex.finetune_pc_clip(base, cfg, 0, lr=lr, cache=False).model
+    assert ex.moved_keys(base, pc) <= ex.text_block_keys(pc) == {"model.transformer.weight",
+                                                                  "model.transformer.bias"}
+    data = ex.make_eval_data(cfg)
+    emb = ex.embed_eval_images(base, data)
+    assert set(ex.evaluate(pc, data, emb)) == {"zero_shot", "colour_zero_shot", "direction_accuracy",
+                                               "size_auc", "retrieval_at_1"}
+    assert set(ex.comparative_prompting(pc, data, emb, cfg)["accuracy"]) == set(cfg.prompt_alphas)
+    assert list(ex.averaging_curve(base, pc, data, emb, cfg.average_alphas)) == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_moved_keys_and_text_block_keys():
+    torch.manual_seed(0)
+    a, b = TinyCLIP(), TinyCLIP()
+    b.load_state_dict(a.state_dict())
+    assert ex.moved_keys(a, b) == set()
+    with torch.no_grad():
+        b.logit_scale += 1
+    assert ex.moved_keys(a, b) == {"logit_scale"}
+    assert all(k.startswith("text.transformer.") for k in ex.text_block_keys(a))
+    assert sum(a.state_dict()[k].numel() for k in ex.text_block_keys(a)) == 66_944
