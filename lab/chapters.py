@@ -32,7 +32,7 @@ CHAPTERS = (
     Chapter("mohawk", "Distilling Transformers into SSMs", "2408.10189", False),
     Chapter("ado", "Adaptive data optimization with scaling laws", "2410.11820", False),
     Chapter("context-inversion", "Context-parametric inversion in instruction tuning", "2410.10796", False),
-    Chapter("clip-differences", "Finetuning CLIP to reason about differences", "2409.09721", False),
+    Chapter("clip-differences", "Finetuning CLIP to reason about differences", "2409.09721", True),
     Chapter("prompt-recovery", "Prompt recovery for image generation", "2408.06502", False),
     Chapter("fuse", "Unifying embedding spaces across tokenizers", "2408.04816", False),
 )

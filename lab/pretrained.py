@@ -1,8 +1,10 @@
 """The shapes world's tiny CLIP, trained once and shared: training, caching, embeddings, zero-shot.
 
 :func:`pretrained_tiny_clip` trains the tiny CLIP contrastively with the book's training loop,
-which checkpoints under ``_build/runs/shapes-world/`` keyed on the recipe, the seed and lab's
-source: a later chapter (or a re-run) asking for the same model loads it instead of training.
+which checkpoints under ``_build/runs/shapes-world/`` keyed on the recipe, the seed, the
+architecture (every tensor's name and shape, e.g. the text length L), the vocabulary and lab's
+source: a later chapter (or a re-run) asking for the same model loads it instead of training,
+and a change to any of these trains afresh.
 """
 from __future__ import annotations
 
@@ -50,9 +52,16 @@ def train_tiny_clip(seed: int, config: TinyClipConfig = TinyClipConfig(), *, dev
 
     if config.train.lr_final is not None:
         raise ValueError("config.train.lr_final must be None: the tiny CLIP uses a constant rate")
-    run_dir = resolve_run_dir(cache, WORLD, "tiny-clip", dataclasses.asdict(config), seed)
+    run_dir = resolve_run_dir(cache, WORLD, "tiny-clip", *tiny_clip_key(config, seed, model))
     return train(model, loss_fn, config.train, seed=seed, run_dir=run_dir,
                  desc=f"tiny CLIP (seed {seed})", device=device)
+
+
+def tiny_clip_key(config: TinyClipConfig, seed: int, model: TinyCLIP) -> tuple:
+    """What names a cached tiny CLIP: the recipe, the seed, every tensor's name and shape (the
+    text length L among them) and the vocabulary in id order."""
+    shapes_of = {k: list(v.shape) for k, v in model.state_dict().items()}
+    return dataclasses.asdict(config), seed, shapes_of, list(model.tokenizer.vocab)
 
 
 def pretrained_tiny_clip(seed: int = 0, steps: int = 600, *, device="cpu") -> TinyCLIP:

@@ -15,11 +15,20 @@ def _models():
     return {"base": TinyCLIP().eval(), "PC-CLIP": TinyCLIP().eval()}
 
 
-def test_single_swaps_are_the_ten_one_attribute_pairs_of_the_anchor():
+def test_single_swaps_are_the_specs_twelve():
     swaps = figs.single_swaps()
-    assert len(swaps) == 3 + 5 + 1 + 1
+    assert len(swaps) == 4 + 6 + 1 + 1 == 12
+    assert len({(a, b) for _, a, b in swaps}) == 12
     for _, a, b in swaps:
         assert sum(x != y for x, y in zip(a, b)) == 1
+    for col, values in enumerate(shapes.ATTRIBUTES.values()):      # every value takes part
+        assert {t[col] for _, a, b in swaps for t in (a, b)} == set(range(len(values)))
+
+
+def test_single_clause_texts_are_every_one_clause_difference():
+    texts = figs.single_clause_texts()
+    assert len(texts) == len(set(texts)) == 2 + 30 + 12 + 2
+    assert "the first is larger than the second" in texts
 
 
 def test_pair_probe_flips_sign_with_the_order():
@@ -29,12 +38,16 @@ def test_pair_probe_flips_sign_with_the_order():
     assert ab["text"] == "the first is smaller than the second"
     assert ba["text"] == "the first is larger than the second"
     assert set(ab["cosine"]) == {"base", "PC-CLIP"}
+    for name in ab["cosine"]:
+        assert len(ab["top"][name]) == 5
+        scores = [c for _, c in ab["top"][name]]
+        assert scores == sorted(scores, reverse=True)
 
 
 def test_explorers_have_static_twins_within_the_frame_limit():
     models = _models()
     images, attrs, _ = shapes.images_with_captions(40, 0)
-    for explorer, frames in ((figs.pair_explorer(models, "tiny", 0), 20),
+    for explorer, frames in ((figs.pair_explorer(models, "tiny", 0), 24),
                              (figs.ranker_explorer(models, images, attrs, "tiny", 0), 12),
                              (figs.loss_floor_explorer("tiny", 0), 9)):
         assert np.prod([len(v) for v in explorer.params.values()]) == frames

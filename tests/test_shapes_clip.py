@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from lab.data import shapes as S
-from lab.nn.tinyclip import HubCLIP, TinyCLIP, check_images, clip_loss, load_hub_clip
+from lab.nn.tinyclip import (
+    HubCLIP,
+    OpenCLIP,
+    TinyCLIP,
+    check_images,
+    clip_loss,
+    load_hub_clip,
+    load_open_clip,
+)
 
 
 def test_render_shape_dtype_determinism_and_background():
@@ -42,7 +50,7 @@ def test_tokenizer_round_trip_padding_and_unknown_word():
     tok = S.WordTokenizer()
     assert len(tok.vocab) == 35 and tok.vocab[:2] == ("<pad>", "<eos>")
     ids = tok.encode(["a small red circle on the left", "the first is larger than the second"])
-    assert ids.shape == (2, 20) and ids[0, 7] == S.EOS and (ids[0, 8:] == S.PAD).all()
+    assert ids.shape == (2, S.SEQ_LEN) == (2, 22) and ids[0, 7] == S.EOS and (ids[0, 8:] == S.PAD).all()
     assert tok.decode(ids) == ["a small red circle on the left", "the first is larger than the second"]
     with pytest.raises(ValueError, match="'dog'"):
         tok.encode("a small dog")
@@ -77,10 +85,11 @@ def test_difference_captions_refer_to_differences_and_swap_roles():
 def test_pairs_never_identical_and_texts_in_vocabulary():
     a, b, texts = S.sample_pairs(300, 1)
     assert not (a == b).all(axis=1).any()
-    # colour + shape clauses give 21 words; the tokenizer keeps the first 19 (contract: L = 20)
+    # colour + shape clauses give 21 words: L = 22 keeps every word and the <eos>
     assert max(len(t.split()) for t in texts) == 21
     ids = S.WordTokenizer().encode(texts)
     assert (ids[:, -1] == S.EOS).any() and ((ids == S.EOS).sum(1) == 1).all()
+    assert S.WordTokenizer().decode(ids) == texts
 
 
 def test_bad_attributes_are_named():
@@ -96,11 +105,11 @@ def test_tiny_clip_sizes_and_padding_independence():
     torch.manual_seed(0)
     model = TinyCLIP()
     assert sum(p.numel() for p in model.image.parameters()) == 195_776
-    assert sum(p.numel() for p in model.text.parameters()) == 74_688
+    assert sum(p.numel() for p in model.text.parameters()) == 74_688 + 2 * 64   # L = 22 positions
     ids = model.tokenize(["a small red circle on the left"])
     out = model.encode_text(ids)
     changed = ids.clone()
-    changed[0, 9:] = torch.randint(2, 35, (11,))
+    changed[0, 9:] = torch.randint(2, 35, (S.SEQ_LEN - 9,))
     torch.testing.assert_close(model.encode_text(changed), out, rtol=0, atol=1e-6)
     torch.testing.assert_close(model.text.encode_embeds(model.text.token(ids), ids), out, rtol=0, atol=0)
 
@@ -164,7 +173,91 @@ def test_hub_loading_errors_are_clear():
     with pytest.raises(ValueError, match="model_id"):
         load_hub_clip("not-a-hub-id")
     try:
-        import transformers  # noqa: F401
+        import transformers
     except ImportError:
         with pytest.raises(ImportError, match=r"explorable-papers\[gpu\]"):
             load_hub_clip("laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+
+
+class _StandInOpenCLIP(torch.nn.Module):
+    """A local stand-in with the open_clip CLIP interface that OpenCLIP uses (tiny, random)."""
+
+    def __init__(self):
+        super().__init__()
+        self.visual = torch.nn.Linear(3 * 8 * 8, 16)
+        self.visual.image_size = (8, 8)
+        self.token_embedding = torch.nn.Embedding(50, 16)
+        self.transformer = torch.nn.Linear(16, 16)
+        self.text_projection = torch.nn.Parameter(torch.eye(16))
+        self.logit_scale = torch.nn.Parameter(torch.tensor(2.0))
+
+    def encode_image(self, images):
+        return self.visual(images.flatten(1))
+
+    def encode_text(self, ids):
+        return self.transformer(self.token_embedding(ids)).sum(1) @ self.text_projection
+
+
+def _stand_in_open_clip_tokenizer(texts):
+    return torch.tensor([[hash(w) % 49 + 1 for w in t.split()][:6] + [0] * (6 - min(6, len(t.split())))
+                         for t in texts])
+
+
+def _fake_open_clip(monkeypatch, create):
+    import sys
+    import types
+    module = types.ModuleType("open_clip")
+    module.create_model_and_transforms = create
+    module.get_tokenizer = lambda name: _stand_in_open_clip_tokenizer
+    monkeypatch.setitem(sys.modules, "open_clip", module)
+
+
+def test_open_clip_wrapper_on_a_local_stand_in(monkeypatch):
+    calls = []
+
+    def create(architecture, pretrained):
+        calls.append((architecture, pretrained))
+        return _StandInOpenCLIP(), None, None
+
+    _fake_open_clip(monkeypatch, create)
+    model = load_open_clip("ViT-B-32", "laion2b_s34b_b79k")
+    assert isinstance(model, OpenCLIP) and calls == [("ViT-B-32", "laion2b_s34b_b79k")]
+    assert model.image_size == 8 and model.text_blocks is model.model.transformer
+    x = model.prepare_images(torch.rand(4, 3, 32, 32))
+    assert x.shape == (4, 3, 8, 8) and model.encode_image(x).shape == (4, 16)
+    assert model.encode_text(model.tokenize(["a red circle", "the first is larger"])).shape == (2, 16)
+
+
+def test_open_clip_loading_errors_are_clear(monkeypatch):
+    with pytest.raises(ValueError, match="architecture"):
+        load_open_clip("", "laion2b_s34b_b79k")
+    import sys
+    monkeypatch.setitem(sys.modules, "open_clip", None)          # not installed
+    with pytest.raises(ImportError, match=r"explorable-papers\[gpu\]"):
+        load_open_clip("ViT-B-32", "laion2b_s34b_b79k")
+
+    def offline(architecture, pretrained):
+        raise RuntimeError("Failed to download file (offline)")
+
+    _fake_open_clip(monkeypatch, offline)
+    with pytest.raises(OSError, match="offline"):
+        load_open_clip("ViT-B-32", "laion2b_s34b_b79k")
+
+
+def test_tiny_clip_cache_key_names_the_architecture(monkeypatch):
+    """A change of the text length L (or any tensor's shape, or the vocabulary) changes the
+    tiny CLIP's cache key, so a stale checkpoint is never loaded into a different model."""
+    from lab import pretrained
+    from lab.train import run_key
+    cfg = pretrained.TinyClipConfig()
+    torch.manual_seed(0)
+    key = run_key(*pretrained.tiny_clip_key(cfg, 0, TinyCLIP()))
+    assert run_key(*pretrained.tiny_clip_key(cfg, 0, TinyCLIP())) == key
+    assert run_key(*pretrained.tiny_clip_key(cfg, 1, TinyCLIP())) != key
+    short = TinyCLIP()
+    short.text = type(short.text)(seq_len=20)
+    assert run_key(*pretrained.tiny_clip_key(cfg, 0, short)) != key
+    other = TinyCLIP()
+    other.tokenizer = type(other.tokenizer)()
+    other.tokenizer.vocab = tuple(reversed(other.tokenizer.vocab))
+    assert run_key(*pretrained.tiny_clip_key(cfg, 0, other)) != key

@@ -26,7 +26,9 @@ VOCAB = ("<pad> <eos> a on the first second is than while larger smaller more to
          "color shape photo of circle square triangle cross red green blue yellow purple orange "
          "small large left right").split()
 PAD, EOS = 0, 1
-SEQ_LEN = 20
+# The longest difference text (a colour clause and a shape clause joined by "and") has 21 words;
+# with its <eos> it needs 22 positions, so nothing the world writes is ever cut.
+SEQ_LEN = 22
 
 
 def _rng(rng) -> np.random.Generator:
@@ -172,7 +174,8 @@ def image_pairs(n: int, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
 
 class WordTokenizer:
-    """Whitespace words → ids of :data:`VOCAB`; truncate to 19, append <eos>, right-pad to 20."""
+    """Whitespace words → ids of :data:`VOCAB`; truncate to ``SEQ_LEN − 1`` = 21 words (the
+    longest text the world writes), append <eos>, right-pad to ``SEQ_LEN`` = 22."""
     vocab = tuple(VOCAB)
     seq_len = SEQ_LEN
 
@@ -184,7 +187,7 @@ class WordTokenizer:
         return self.vocab[2:]
 
     def encode(self, texts) -> np.ndarray:
-        """(n, 20) int64 ids of a text or a list of texts; an unknown word raises ValueError."""
+        """(n, SEQ_LEN) int64 ids of a text or a list of texts; an unknown word raises ValueError."""
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)

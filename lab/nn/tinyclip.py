@@ -2,7 +2,7 @@
 
 Image tower: three stride-2 convolutions and an MLP (195 776 parameters). Text tower: token and
 learned position embeddings, two pre-LN causal transformer layers, a final LayerNorm, the state
-at the first ``<eos>``, a linear projection (74 688 parameters). A learnable logit scale s
+at the first ``<eos>``, a linear projection (74 816 parameters with L = 22 positions). A learnable logit scale s
 (init ln 10) gives logits = min(eˢ, 100)·cos(image, text). Both models expose
 
 - ``encode_image(images)`` and ``encode_text(ids)`` (unnormalised embeddings),
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.shapes import EOS, IMAGE_SIZE, WordTokenizer
+from ..data.shapes import EOS, IMAGE_SIZE, SEQ_LEN, VOCAB, WordTokenizer
 
 MAX_LOGIT_SCALE = 100.0
 
@@ -40,7 +40,7 @@ class ImageTower(nn.Module):
 class TextTower(nn.Module):
     """Causal pre-LN transformer over word ids, pooled at the first <eos>, projected."""
 
-    def __init__(self, vocab: int = 35, seq_len: int = 20, width: int = 64, layers: int = 2,
+    def __init__(self, vocab: int = len(VOCAB), seq_len: int = SEQ_LEN, width: int = 64, layers: int = 2,
                  heads: int = 4, ff: int = 128, dim: int = 64):
         super().__init__()
         self.token = nn.Embedding(vocab, width)
@@ -200,3 +200,74 @@ def load_hub_clip(model_id: str, *, device="cpu") -> HubCLIP:
                       "which needs no download)") from err
     size = int(getattr(model.config.vision_config, "image_size", 224))
     return HubCLIP(model, tokenizer, size).to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# An OpenCLIP model (the paper's library; gpu and paper scales) behind the same interface
+# ---------------------------------------------------------------------------------------------
+class OpenCLIP(nn.Module):
+    """An ``open_clip`` CLIP with its tokenizer, seen through the tiny CLIP's interface.
+
+    ``text_blocks`` is ``model.transformer``: the text transformer's blocks, which is exactly what
+    the official PC-CLIP code trains (not the token or positional embeddings, the final LayerNorm,
+    the text projection, nor the image tower). Shapes-world images are clipped to [0, 1], resized
+    to the model's input size and normalised with CLIP's statistics.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, image_size: int = 224):
+        super().__init__()
+        self.model, self.tokenizer, self.image_size = model, tokenizer, int(image_size)
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def text_blocks(self) -> nn.Module:
+        return self.model.transformer
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale
+
+    def scale(self) -> torch.Tensor:
+        return self.model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+    def tokenize(self, texts) -> torch.Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.tokenizer(list(texts)).to(self.mean.device)
+
+    def prepare_images(self, images) -> torch.Tensor:
+        images = check_images(images, IMAGE_SIZE).to(self.mean.device).clamp(0, 1)
+        images = F.interpolate(images, size=self.image_size, mode="bilinear", align_corners=False)
+        return (images - self.mean) / self.std
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(images)
+
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(ids)
+
+
+def load_open_clip(architecture: str, pretrained: str, *, device="cpu") -> OpenCLIP:
+    """An OpenCLIP model, e.g. ``("ViT-B-32", "laion2b_s34b_b79k")`` or the paper's
+    ``("ViT-L-14", "datacomp_xl_s13b_b90k")``, as an :class:`OpenCLIP` (the ``gpu`` extra)."""
+    for name, value in (("architecture", architecture), ("pretrained", pretrained)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{name} must be a non-empty OpenCLIP name such as 'ViT-B-32' / "
+                             f"'laion2b_s34b_b79k'; got {value!r}")
+    try:
+        import open_clip
+    except ImportError as err:
+        raise ImportError("an OpenCLIP model needs the open_clip library: install the gpu extra, "
+                          "pip install 'explorable-papers[gpu]' (it brings open-clip-torch)") from err
+    try:
+        model, _, _ = open_clip.create_model_and_transforms(architecture, pretrained=pretrained)
+        tokenizer = open_clip.get_tokenizer(architecture)
+    except (OSError, RuntimeError, ConnectionError) as err:
+        raise OSError(f"could not load OpenCLIP {architecture!r} / {pretrained!r} from the "
+                      "Hugging Face hub or its local cache (offline? fill the cache on a machine "
+                      "with internet, set HF_HUB_OFFLINE=1, or run at LAB_SCALE=tiny, which needs "
+                      "no download)") from err
+    size = getattr(getattr(model, "visual", None), "image_size", 224)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return OpenCLIP(model, tokenizer, int(size)).to(device).eval()

@@ -44,12 +44,17 @@ def world_figure(images, captions, scale: str, seed: int, n: int = 8):
 
 
 def loss_figure(clip_losses, pc_losses, batch: int, scale: str, seed: int):
-    """Training curves: the tiny CLIP's contrastive loss and PC-CLIP's loss with chance and floor."""
+    """Training curves: the tiny CLIP's contrastive loss (None for a loaded CLIP) and PC-CLIP's
+    loss with chance and floor."""
     fig, (ax1, ax2) = figure(2, 1, width=9, height=2.8)
-    ax1.plot(np.asarray(clip_losses), color=PALETTE["learned"], lw=0.8)
-    ax1.set(xlabel="step", ylabel="CLIP loss", title="tiny CLIP, contrastive pretraining")
+    if clip_losses is not None:
+        ax1.plot(np.asarray(clip_losses), color=PALETTE["learned"], lw=0.8)
+        ax1.set(xlabel="step", ylabel="CLIP loss", title="tiny CLIP, contrastive pretraining")
+    else:
+        ax1.axis("off")
+        ax1.text(0.5, 0.5, "pretrained CLIP loaded\n(no pretraining curve)", ha="center", va="center")
     ax2.plot(np.asarray(pc_losses), color=PALETTE["accent"], lw=0.8)
-    ax2.axhline(math.log(batch), color=PALETTE["grey"], ls="--", lw=0.8, label=f"chance log B")
+    ax2.axhline(math.log(batch), color=PALETTE["grey"], ls="--", lw=0.8, label="chance log B")
     ax2.axhline(loss_floor(batch, 1.0), color=PALETTE["oracle"], ls=":", lw=1,
                 label="floor log(1+(B−1)/e)")
     ax2.set(xlabel="step", ylabel="PC loss (τ = 1)", title="PC-CLIP finetuning (text blocks only)")
@@ -98,80 +103,119 @@ def prompting_figure(base_result: dict, pc_result: dict, scale: str, seed: int):
 
 
 def averaging_figure(curve: dict, scale: str, seed: int, highlight: float | None = None):
-    """Weight averaging θ = α·θ_ft + (1 − α)·θ_pre: zero-shot against direction accuracy."""
+    """Weight averaging θ = α·θ_ft + (1 − α)·θ_pre: zero-shot and direction accuracy along α
+    (left) and the trade-off between them (right)."""
     alphas = sorted(curve)
     zs = [curve[a]["zero_shot"] for a in alphas]
     da = [curve[a]["direction_accuracy"] for a in alphas]
-    fig, ax = figure(1, 1, width=5.5, height=3.4)
-    ax.plot(da, zs, "o-", color=PALETTE["learned"], ms=4)
+    fig, (ax1, ax2) = figure(2, 1, width=9.5, height=3.3)
+    ax1.plot(alphas, zs, "o-", color=PALETTE["learned"], ms=4, label="96-way zero-shot")
+    ax1.plot(alphas, da, "s-", color=PALETTE["accent"], ms=4, label="direction accuracy")
+    ax1.set(xlabel="α (0 = pretrained, 1 = PC-CLIP)", ylabel="accuracy", ylim=(0.45, 1.02))
+    ax1.legend(fontsize=7, loc="lower left")
+    ax2.plot(da, zs, "o-", color=PALETTE["learned"], ms=4)
     for a, x, y in zip(alphas, da, zs):
-        ax.annotate(f"{a:g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        ax2.annotate(f"{a:g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax2.set(xlabel="direction accuracy", ylabel="96-way zero-shot accuracy")
     if highlight is not None:
         m = curve[highlight]
-        ax.plot(m["direction_accuracy"], m["zero_shot"], "o", ms=11, mfc="none", color=PALETTE["accent"])
-        ax.set_title(f"α = {highlight:g}: zero-shot {m['zero_shot']:.3f}, direction "
-                     f"{m['direction_accuracy']:.3f}, size AUC {m['size_auc']:.3f}", fontsize=8)
-    ax.set(xlabel="direction accuracy", ylabel="96-way zero-shot accuracy")
-    stamp(fig, scale, seed, "labels: α (0 = pretrained, 1 = PC-CLIP)")
+        for ax in (ax1,):
+            ax.axvline(highlight, color=PALETTE["grey"], lw=0.8, ls="--")
+        ax2.plot(m["direction_accuracy"], m["zero_shot"], "o", ms=11, mfc="none", color=PALETTE["accent"])
+        fig.suptitle(f"α = {highlight:g}: zero-shot {m['zero_shot']:.3f}, direction "
+                     f"{m['direction_accuracy']:.3f}, size AUC {m['size_auc']:.3f}", fontsize=9)
+    stamp(fig, scale, seed, "labels on the right: α")
     return fig
 
 
 def averaging_explorer(curve: dict, scale: str, seed: int) -> Explorer:
     return Explorer(lambda alpha: averaging_figure(curve, scale, seed, alpha),
-                    {"alpha": sorted(curve)}, title="Weight averaging: the trade-off", defaults={"alpha": 0.5})
+                    {"alpha": sorted(curve)}, title="The α sweep: weight averaging from base to PC-CLIP",
+                    defaults={"alpha": 0.5} if 0.5 in curve else None)
 
 
 # ---------------------------------------------------------------------------------------------
 # Pair probe
 # ---------------------------------------------------------------------------------------------
 def single_swaps(anchor=(0, 0, 0, 0)) -> list[tuple[str, tuple, tuple]]:
-    """The 10 pairs that differ from the anchor in one attribute value (label, a, b)."""
+    """The 12 single-attribute swaps (label, a, b): each shape with the next one (4, cyclic),
+    each colour with the next one (6, cyclic), small/large and left/right; the attributes that
+    do not change are the anchor's. Every value of every attribute takes part."""
+    anchor = tuple(int(x) for x in anchor)
     out = []
     for col, values in enumerate(shapes.ATTRIBUTES.values()):
-        for v in range(len(values)):
-            if v == anchor[col]:
-                continue
-            b = list(anchor)
-            b[col] = v
-            out.append((f"{values[anchor[col]]} vs {values[v]}", tuple(anchor), tuple(b)))
+        cycle = [(v, (v + 1) % len(values)) for v in range(len(values))] if len(values) > 2 \
+            else [(0, 1)]
+        for va, vb in cycle:
+            a, b = list(anchor), list(anchor)
+            a[col], b[col] = va, vb
+            out.append((f"{values[va]} vs {values[vb]}", tuple(a), tuple(b)))
     return out
 
 
-def pair_probe(models: dict, a, b, seed: int = 0) -> dict:
-    """Images of tuples a, b (rendered with `seed`), the difference text first minus second, and
-    cos(text, d̂) for each model."""
+def single_clause_texts() -> list[str]:
+    """Every one-clause difference text the world can write (2 size, 30 colour, 12 shape,
+    2 position): the candidates the difference explorer ranks."""
+    texts = []
+    for col, values in enumerate(shapes.ATTRIBUTES.values()):
+        for va in range(len(values)):
+            for vb in range(len(values)):
+                if va != vb:
+                    a, b = [0, 0, 0, 0], [0, 0, 0, 0]
+                    a[col], b[col] = va, vb
+                    texts.append(shapes.difference_clauses(a, b)[0])
+    return list(dict.fromkeys(texts))
+
+
+def pair_probe(models: dict, a, b, seed: int = 0, top: int = 5) -> dict:
+    """Images of tuples a, b (rendered with `seed`), the difference text first minus second,
+    cos(text, d̂) for each model, and each model's `top` best-scoring one-clause texts."""
     rng = np.random.default_rng(seed)
     text = shapes.difference_caption(a, b, rng)
     images = shapes.render(np.array([a, b]), rng)
-    cos = {}
+    candidates = single_clause_texts()
+    cos, ranked = {}, {}
     for name, model in models.items():
         emb = image_embeddings(model, images)
         cos[name] = float(cd.difference_cosines(model, emb[:1], emb[1:], [text])[0])
-    return {"images": images, "text": text, "cosine": cos}
+        scores = cd.difference_cosines(model, emb[:1].expand(len(candidates), -1),
+                                       emb[1:].expand(len(candidates), -1), candidates)
+        order = np.argsort(-scores, kind="stable")[:top]
+        ranked[name] = [(candidates[k], float(scores[k])) for k in order]
+    return {"images": images, "text": text, "cosine": cos, "top": ranked}
 
 
 def pair_figure(probe: dict, scale: str, seed: int):
-    fig = figure(1, 1, width=7.5, height=2.4)[0]
+    """The two images, cos(true text, d̂) per model, and each model's top difference texts."""
+    names = list(probe["cosine"])
+    fig = figure(1, 1, width=9, height=2.6 + 0.2 * len(names))[0]
     fig.clear()
-    gs = fig.add_gridspec(1, 4)
+    gs = fig.add_gridspec(2, 2 + 2 * len(names), height_ratios=[1, 1.1])
     for k, title in enumerate(("first", "second")):
         ax = fig.add_subplot(gs[0, k])
         _show(ax, probe["images"][k])
-        ax.set_title(title)
+        ax.set_title(title, fontsize=8)
     ax = fig.add_subplot(gs[0, 2:])
-    names = list(probe["cosine"])
     vals = [probe["cosine"][n] for n in names]
     ax.barh(names, vals, color=[MODEL_COLOURS.get(n, PALETTE["learned"]) for n in names])
     ax.axvline(0, color="black", lw=0.6)
     ax.set_xlim(-1, 1)
-    ax.set_xlabel("cos(text, normalised image difference)")
-    ax.set_title(f"“{probe['text']}”", fontsize=7, wrap=True)
+    ax.set_xlabel("cos(text, normalised image difference)", fontsize=8)
+    ax.set_title(f"true: “{probe['text']}”", fontsize=8)
+    for k, name in enumerate(names):
+        ax = fig.add_subplot(gs[1, 2 * k + 1:2 * k + 3] if k else gs[1, :3])
+        ax.axis("off")
+        lines = [f"{c:+.2f}  {t.replace('the first is ', '… ')}" for t, c in probe["top"][name]]
+        ax.text(0, 1, f"{name}: highest-scoring difference texts\n" + "\n".join(lines),
+                va="top", fontsize=7, family="monospace",
+                color="black" if name == "base" else PALETTE["accent"])
     stamp(fig, scale, seed)
     return fig
 
 
 def pair_explorer(models: dict, scale: str, seed: int) -> Explorer:
-    """Pick a single-attribute pair and its order: images, difference text, cosines per model."""
+    """Embedding-difference explorer: pick one of the 12 single-attribute swaps and its order;
+    see the images, the true difference text's cosine and each model's best-scoring texts."""
     swaps = {label: (a, b) for label, a, b in single_swaps()}
     cache = {}
 
@@ -185,7 +229,7 @@ def pair_explorer(models: dict, scale: str, seed: int) -> Explorer:
         return pair_figure(cache[key], scale, seed)
 
     return Explorer(render, {"pair": list(swaps), "order": ["first, second", "second, first"]},
-                    title="Pair probe: does the text point along the image difference?")
+                    title="Embedding differences: which text points along the image difference?")
 
 
 # ---------------------------------------------------------------------------------------------

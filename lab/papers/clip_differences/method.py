@@ -37,15 +37,24 @@ def normalised_difference(emb_a: torch.Tensor, emb_b: torch.Tensor) -> torch.Ten
     return diff / norm
 
 
+def _pc_loss_args(text_emb, emb_a, emb_b, temperature) -> None:
+    _check.real("temperature", temperature, low=0, low_open=True)
+    if emb_a.shape != emb_b.shape or emb_a.dim() != 2 or len(emb_a) == 0:
+        raise ValueError(f"emb_a and emb_b must be equal, non-empty (n, d) batches; got "
+                         f"{tuple(emb_a.shape)} and {tuple(emb_b.shape)}")
+    if text_emb.shape != emb_a.shape:
+        raise ValueError(f"text_emb must have the shape of the image batches {tuple(emb_a.shape)}; "
+                         f"got {tuple(text_emb.shape)}")
+
+
+@_check.checked(_pc_loss_args)
 def pc_loss(text_emb: torch.Tensor, emb_a: torch.Tensor, emb_b: torch.Tensor,
             temperature: float = 1.0) -> torch.Tensor:
-    """The PC-CLIP loss: ℓ_ij = ⟨t_i, d̂_j⟩/τ, L = ½[CE(ℓ, arange) + CE(ℓᵀ, arange)], τ = 1."""
-    temperature = _check.real("temperature", temperature, low=0, low_open=True)
-    d_hat = normalised_difference(emb_a, emb_b)
-    if text_emb.shape != d_hat.shape:
-        raise ValueError(f"text_emb must have the shape of the image batches {tuple(d_hat.shape)}; "
-                         f"got {tuple(text_emb.shape)}")
-    logits = F.normalize(text_emb, dim=-1) @ d_hat.T / temperature
+    """The PC-CLIP loss, τ = 1 in the paper's code:
+    ℓ_ij = ⟨t_i, d̂_j⟩/τ,  L = ½[CE(ℓ, arange) + CE(ℓᵀ, arange)]."""
+    d_hat = normalised_difference(emb_a, emb_b)      # (u − v)/‖u − v‖; rejects u = v
+    t = F.normalize(text_emb, dim=-1)
+    logits = t @ d_hat.T / temperature               # text i against difference j
     target = torch.arange(len(logits), device=logits.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
@@ -109,21 +118,27 @@ def top_confusions(confusion, k: int) -> list[tuple[int, int]]:
     return [(i, j) for j, i in cells]
 
 
+def _comparative_args(class_emb, pairs, pair_emb, alpha) -> None:
+    _check.real("alpha", alpha, low=0, high=1)
+    n = len(class_emb)
+    if len(pair_emb) != len(pairs):
+        raise ValueError(f"pair_emb must have one row per pair ({len(pairs)}); got {len(pair_emb)}")
+    for p in pairs:
+        i, j = (int(x) for x in p)
+        if not (0 <= i < n and 0 <= j < n) or i == j:
+            raise ValueError(f"pairs must hold distinct class indices in 0..{n - 1}; got {(i, j)}")
+
+
+@_check.checked(_comparative_args)
 def comparative_class_embeddings(class_emb: torch.Tensor, pairs, pair_emb: torch.Tensor,
                                  alpha: float) -> torch.Tensor:
     """Comparative prompting: S_j = mean over pairs (i, j) of (t_i − c_ij),
     t'_j = normalise(α t_j + (1 − α) S_j); classes without a pair keep t_j."""
-    alpha = _check.real("alpha", alpha, low=0, high=1)
-    pairs = [tuple(int(x) for x in p) for p in pairs]
-    n = len(class_emb)
-    if len(pair_emb) != len(pairs):
-        raise ValueError(f"pair_emb must have one row per pair ({len(pairs)}); got {len(pair_emb)}")
-    for i, j in pairs:
-        if not (0 <= i < n and 0 <= j < n) or i == j:
-            raise ValueError(f"pairs must hold distinct class indices in 0..{n - 1}; got {(i, j)}")
+    pairs = [(int(i), int(j)) for i, j in pairs]
     out = class_emb.clone()
     for j in sorted({j for _, j in pairs}):
-        rows = [class_emb[i] - pair_emb[k] for k, (i, jj) in enumerate(pairs) if jj == j]
+        rows = [class_emb[i] - pair_emb[k]
+                for k, (i, jj) in enumerate(pairs) if jj == j]
         s_j = torch.stack(rows).mean(0)
         out[j] = F.normalize(alpha * class_emb[j] + (1 - alpha) * s_j, dim=-1)
     return out
