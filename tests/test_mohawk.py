@@ -8,6 +8,12 @@ import pytest
 import torch
 
 from lab.nn.gpt import GPTConfig
+from lab.papers.mohawk.experiments import (
+    MohawkConfig,
+    copy_sequences,
+    distill,
+    train_teacher,
+)
 from lab.papers.mohawk.method import (
     DiscreteMamba2,
     attention_branch,
@@ -278,3 +284,27 @@ def test_bad_input_names_the_argument():
         transfer_weights(student, student)
     with pytest.raises(ValueError, match="stage"):
         trainable_for(student, 4).__enter__()
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment, at a toy size
+# ---------------------------------------------------------------------------------------------
+def test_copy_sequences_and_a_toy_run_of_every_arm():
+    x, y = copy_sequences(2, 3, 5, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (2, 7) and torch.equal(x[:, 1:], y[:, :-1])
+    assert (x[:, 0] == 5).all() and (x[:, 4] == 6).all() and torch.equal(y[:, 4:], x[:, 1:4])
+    cfg = MohawkConfig(length=4, d_model=16, d_state=4, batch=4, teacher_steps=3, split=(3, 3, 3),
+                       eval_size=8, probe_size=4, frame_every=1)
+    teacher, acc = train_teacher(cfg, 0, run_dir=False, progress=False)
+    assert 0 <= acc <= 1
+    for arm in ("mohawk", "kd_transfer", "kd_scratch"):
+        r = distill(cfg, teacher, arm, 0, progress=False)
+        assert len(r.frob_init) == cfg.n_layers and 0 <= r.acc <= 1 and r.kl >= 0
+        assert sorted(r.losses) == ([1, 2, 3] if arm == "mohawk" else [3])
+        assert [s for s, _ in r.frob_curve] == ([0, 1, 2, 3] if arm == "mohawk" else [0])
+    with pytest.raises(ValueError, match="arm"):
+        distill(cfg, teacher, "kd", 0)
+    with pytest.raises(ValueError, match="split"):
+        MohawkConfig(split=(1, 1))
+    with pytest.raises(ValueError, match="split"):
+        MohawkConfig(split=(2, 3, 3))
