@@ -10,6 +10,7 @@ import torch
 from lab.nn.gpt import GPTConfig
 from lab.papers.mohawk.experiments import (
     MohawkConfig,
+    WorldConfig,
     copy_sequences,
     distill,
     train_teacher,
@@ -295,11 +296,11 @@ def test_copy_sequences_and_a_toy_run_of_every_arm():
     assert (x[:, 0] == 5).all() and (x[:, 4] == 6).all() and torch.equal(y[:, 4:], x[:, 1:4])
     cfg = MohawkConfig(length=4, d_model=16, d_state=4, batch=4, teacher_steps=3, split=(3, 3, 3),
                        eval_size=8, probe_size=4, frame_every=1)
-    teacher, acc = train_teacher(cfg, 0, run_dir=False, progress=False)
-    assert 0 <= acc <= 1
+    teacher, scores = train_teacher(cfg, 0, run_dir=False, progress=False)
+    assert 0 <= scores["acc"] <= 1
     for arm in ("mohawk", "kd_transfer", "kd_scratch"):
         r = distill(cfg, teacher, arm, 0, progress=False)
-        assert len(r.frob_init) == cfg.n_layers and 0 <= r.acc <= 1 and r.kl >= 0
+        assert len(r.frob_init) == cfg.n_layers and 0 <= r.final["acc"] <= 1 and r.final["kl_copy"] >= 0
         assert sorted(r.losses) == ([1, 2, 3] if arm == "mohawk" else [3])
         assert [s for s, _ in r.frob_curve] == ([0, 1, 2, 3] if arm == "mohawk" else [0])
     with pytest.raises(ValueError, match="arm"):
@@ -308,3 +309,28 @@ def test_copy_sequences_and_a_toy_run_of_every_arm():
         MohawkConfig(split=(1, 1))
     with pytest.raises(ValueError, match="split"):
         MohawkConfig(split=(2, 3, 3))
+
+
+@pytest.mark.parametrize("skill", ["copy", "recall"])
+def test_the_budget_world_and_its_answer_positions(skill):
+    world = WorldConfig(skill, n_tokens=6, length=12, pairs=2)
+    cfg = MohawkConfig(world=world, d_model=16, d_state=4, batch=4, teacher_batch=4, teacher_steps=3,
+                       split=(3, 3, 3), eval_size=8, probe_size=4)
+    data = cfg.data(0)
+    x, y = data.batch(64, torch.Generator().manual_seed(0))
+    assert x.shape == (64, 12) and torch.equal(x[:, 1:], y[:, :-1])
+    assert set(x[:, 0].tolist()) == {12, 13} and int(x[:, 1:].max()) < 12
+    skill_rows = x[:, 0] == 13
+    assert (x[~skill_rows, 1:] < 6).all() and (x[skill_rows, 1:] >= 6).all()
+    body = torch.cat([x[skill_rows, 1:], y[skill_rows, -1:]], 1)       # the skill's 12 tokens
+    if skill == "copy":
+        assert torch.equal(y[skill_rows][:, world.answers()], body[:, :6])
+    else:                                                                # each answer: the key's value
+        keys, values = body[:, 0:4:2], body[:, 1:4:2]
+        asked, told = y[skill_rows][:, world.answers().start - 1::2], y[skill_rows][:, world.answers()]
+        match = asked[..., None] == keys[:, None]
+        assert (match.sum(-1) == 1).all()
+        assert torch.equal(told, (match * values[:, None]).sum(-1))
+    teacher, _ = train_teacher(cfg, 0, run_dir=False, progress=False)
+    r = distill(cfg, teacher, "mohawk", 0, progress=False)
+    assert {"kl_knowledge", f"kl_{skill}", f"kl_{skill}_answers"} <= set(r.final)
