@@ -1,0 +1,358 @@
+"""The MOHAWK chapter's experiments: two worlds (a copy language; a budget-limited mixture of a
+Markov "knowledge" language and a mixer skill), a trained teacher, and the student arms at a fixed
+step budget (MOHAWK's three stages; KD after weight transfer; KD from scratch), with the
+measurements behind the claims; one config per scale.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ... import _check
+from ...data.tokens import Domain, markov, markov2, recall
+from ...nn.gpt import GPTConfig
+from ...train import TrainConfig, resolve_run_dir, train
+from .method import (
+    ParallelLM,
+    hidden_errors,
+    kd_loss,
+    matrix_errors,
+    phi_mamba,
+    phi_teacher,
+    run_stage,
+    transfer_weights,
+)
+
+ARMS = ("mohawk", "kd_transfer", "kd_scratch")
+
+
+# ---------------------------------------------------------------------------------------------
+# The copy language
+# ---------------------------------------------------------------------------------------------
+def copy_sequences(batch: int, length: int, vocab: int, generator: torch.Generator | None = None):
+    """BOS x₁…x_L COPY x₁…x_L, x_i uniform over `vocab` data tokens (BOS = V, COPY = V + 1).
+    Returns (inputs (batch, 2L + 1), next-token targets of the same shape); positions ≥ L + 1
+    predict the second copy."""
+    batch = _check.integer("batch", batch, low=1)
+    length = _check.integer("length", length, low=1)
+    vocab = _check.integer("vocab", vocab, low=2)
+    x = torch.randint(0, vocab, (batch, length), generator=generator)
+    seq = torch.cat([torch.full((batch, 1), vocab), x, torch.full((batch, 1), vocab + 1), x], dim=1)
+    return seq[:, :-1], seq[:, 1:]
+
+
+@torch.no_grad()
+def copy_accuracy(model: ParallelLM, inputs: torch.Tensor, targets: torch.Tensor, length: int) -> float:
+    """Token accuracy of argmax predictions on the second copy (teacher-forced)."""
+    pred = model(inputs).argmax(-1)
+    return (pred[:, length:] == targets[:, length:]).float().mean().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# The budget-limited world: Markov "knowledge" mixed with a mixer skill (copy or recall)
+# ---------------------------------------------------------------------------------------------
+SKILLS = ("copy", "recall")
+
+
+def knowledge(n_tokens: int, concentration: float, seed: int) -> Domain:
+    """P(c | a, b) = ½·P1(c | b) + ½·P2(c | a, b), rows Dirichlet(`concentration`): a first-order
+    signal the teacher finds early, and a second-order part that takes it thousands of steps."""
+    P1 = markov(n_tokens, concentration, seed).table
+    P2 = markov2(n_tokens, concentration, seed + 1).table
+    start = torch.full((n_tokens, n_tokens), 1.0 / n_tokens ** 2, dtype=torch.float64)
+    return Domain("knowledge", "markov2", n_tokens, None, 0.5 * P1[None] + 0.5 * P2, start)
+
+
+def recall_pairs(batch: int, n_tokens: int, pairs: int, queries: int, generator: torch.Generator):
+    """`pairs` key–value pairs (distinct keys; values uniform), then `queries` (key, value) queries
+    of keys drawn from the pairs; local ids 0 … n_tokens − 1. Returns (batch, 2·(pairs + queries))."""
+    keys = torch.rand(batch, n_tokens, generator=generator).argsort(-1)[:, :pairs]
+    values = torch.randint(0, n_tokens, (batch, pairs), generator=generator)
+    asked = torch.randint(0, pairs, (batch, queries), generator=generator)
+    context = torch.stack([keys, values], -1).flatten(1)
+    q = torch.stack([keys.gather(1, asked), values.gather(1, asked)], -1).flatten(1)
+    return torch.cat([context, q], 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldConfig:
+    """A domain-prefix token + `length` tokens; domain 0 the knowledge language (ids 0 … n − 1),
+    domain 1 the skill (ids n … 2n − 1), 50/50; prefixes 2n, 2n + 1."""
+    skill: str = "copy"
+    n_tokens: int = 32
+    length: int = 32
+    concentration: float = 0.1
+    pairs: int = 4
+
+    def __post_init__(self):
+        _check.choice("skill", self.skill, SKILLS)
+        for name in ("n_tokens", "length", "pairs"):
+            _check.integer(name, getattr(self, name), low=2)
+        _check.real("concentration", self.concentration, low=0, low_open=True)
+        if self.skill == "copy" and self.length % 2:
+            raise ValueError(f"length must be even for the copy skill; got {self.length}")
+        if self.skill == "recall" and (self.length % 2 or self.length <= 2 * self.pairs
+                                       or self.pairs > self.n_tokens):
+            raise ValueError(f"length must be even and > 2·pairs, pairs ≤ n_tokens; got {self.length}, "
+                             f"{self.pairs}")
+
+    @property
+    def vocab(self) -> int:
+        return 2 * self.n_tokens + 2
+
+    def sample_domain(self, k: int, batch: int, generator: torch.Generator, world: Domain) -> torch.Tensor:
+        """`batch` sequences of domain `k` with their prefix: (batch, length + 1)."""
+        n = self.n_tokens
+        if k == 0:
+            body = world.sample(batch, self.length, generator)
+        elif self.skill == "copy":
+            body = recall(n, self.length // 2, self.length).sample(batch, self.length, generator) + n
+        else:
+            body = recall_pairs(batch, n, self.pairs, self.length // 2 - self.pairs, generator) + n
+        return torch.cat([torch.full((batch, 1), 2 * n + k), body], 1)
+
+    def answers(self) -> slice:
+        """Positions of the inputs (prefix + length − 1 tokens) whose target the skill determines."""
+        half = self.length // 2
+        return slice(half, self.length) if self.skill == "copy" else slice(2 * self.pairs + 1, self.length, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+# ---------------------------------------------------------------------------------------------
+def one_cycle(steps: int, lr: float) -> TrainConfig:
+    """AdamW, OneCycle with 10 % warm-up (a stand-in for the paper's warmup–stable–decay), clip 1."""
+    return TrainConfig(steps=steps, lr=lr, lr_final=lr / (25 * 1e4), optimizer="adamw",
+                       warmup_steps=max(2, steps // 10), decay="onecycle", grad_clip=1.0,
+                       progress_every=10, checkpoint_every=500)
+
+
+@dataclasses.dataclass(frozen=True)
+class MohawkConfig:
+    """Data, teacher, student and budget of one chapter run. `world` None: the copy language
+    (BOS x COPY x, `vocab` data tokens, `length`); else the budget-limited mixture it describes."""
+    vocab: int = 16
+    length: int = 16
+    world: WorldConfig | None = None
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    d_state: int = 16
+    a_bias: float = -4.0
+    teacher_batch: int = 32
+    teacher_steps: int = 400
+    teacher_lr: float = 3e-3
+    batch: int = 32
+    split: tuple[int, int, int] = (30, 30, 140)
+    lr: float = 3e-3
+    arms: tuple[str, ...] = ("mohawk", "kd_scratch")
+    eval_size: int = 256
+    probe_size: int = 64
+    eval_seed: int = 10_000
+    frame_every: int = 10
+    minutes: float = 3.0
+
+    def __post_init__(self):
+        for name in ("vocab", "length", "d_model", "n_layers", "n_heads", "d_state", "batch",
+                     "teacher_batch", "eval_size", "probe_size", "frame_every"):
+            _check.integer(name, getattr(self, name), low=1)
+        _check.integer("teacher_steps", self.teacher_steps, low=3)      # a one-cycle schedule
+        if len(self.split) != 3:
+            raise ValueError(f"split must hold three step counts; got {self.split!r}")
+        for i, n in enumerate(self.split):
+            if _check.integer(f"split[{i}]", n, low=0) and n < 3:
+                raise ValueError(f"split[{i}] must be 0 or ≥ 3 (a one-cycle schedule); got {n}")
+        if not self.split[2]:
+            raise ValueError("split[2] (stage 3) must be ≥ 3 steps; got 0")
+        for arm in self.arms:
+            _check.choice("arms", arm, ARMS)
+        if self.world is not None and not isinstance(self.world, WorldConfig):
+            raise TypeError(f"world must be a WorldConfig or None; got {type(self.world).__name__}")
+
+    @property
+    def gpt(self) -> GPTConfig:
+        if self.world is None:
+            vocab, context = self.vocab + 2, 2 * self.length + 1
+        else:
+            vocab, context = self.world.vocab, self.world.length
+        return GPTConfig(vocab=vocab, context=context, d_model=self.d_model,
+                         n_layers=self.n_layers, n_heads=self.n_heads, d_mlp=4 * self.d_model)
+
+    @property
+    def budget(self) -> int:
+        return sum(self.split)
+
+    def data(self, seed: int) -> Data:
+        return Data(self, seed)
+
+
+class Data:
+    """Training batches and fixed evaluation sets of one config's world for one seed."""
+
+    def __init__(self, cfg: MohawkConfig, seed: int):
+        self.cfg, self.seed = cfg, _check.integer("seed", seed)
+        w = cfg.world
+        self.knowledge = knowledge(w.n_tokens, w.concentration, 1000 + seed) if w is not None else None
+        g = torch.Generator().manual_seed(cfg.eval_seed + seed)
+        if w is None:
+            self.eval = {"copy": copy_sequences(cfg.eval_size, cfg.length, cfg.vocab, g)}
+            self.probe = copy_sequences(cfg.probe_size, cfg.length, cfg.vocab, g)[0]
+        else:
+            self.eval = {name: self._split(w.sample_domain(k, cfg.eval_size, g, self.knowledge))
+                         for k, name in enumerate(("knowledge", w.skill))}
+            self.probe = torch.cat([self.eval["knowledge"][0][:cfg.probe_size // 2],
+                                    self.eval[w.skill][0][:cfg.probe_size // 2]])
+
+    @staticmethod
+    def _split(seq):
+        return seq[:, :-1], seq[:, 1:]
+
+    def batch(self, size: int, generator: torch.Generator):
+        """(inputs, next-token targets) of `size` training sequences."""
+        w = self.cfg.world
+        if w is None:
+            return copy_sequences(size, self.cfg.length, self.cfg.vocab, generator)
+        which = torch.rand(size, generator=generator) < 0.5
+        seq = torch.empty(size, w.length + 1, dtype=torch.long)
+        for k, rows in enumerate((~which, which)):
+            idx = rows.nonzero().squeeze(1)
+            if len(idx):
+                seq[idx] = w.sample_domain(k, len(idx), generator, self.knowledge)
+        return self._split(seq)
+
+    @torch.no_grad()
+    def evaluate(self, model: ParallelLM, teacher: ParallelLM) -> dict[str, float]:
+        """KL(teacher ‖ student) per token on each domain (and on the skill's determined answers);
+        copy accuracy on the copy language."""
+        out = {}
+        for name, (x, y) in self.eval.items():
+            logits, target = model(x), teacher(x)
+            out[f"kl_{name}"] = kd_loss(logits, target).item()
+            if self.cfg.world is None:
+                out["acc"] = copy_accuracy(model, x, y, self.cfg.length)
+            elif name == self.cfg.world.skill:
+                a = self.cfg.world.answers()
+                out[f"kl_{name}_answers"] = kd_loss(logits[:, a], target[:, a]).item()
+                out[f"acc_{name}_answers"] = (logits[:, a].argmax(-1) == y[:, a]).float().mean().item()
+        return out
+
+
+WORLD_V4 = MohawkConfig(world=WorldConfig("copy"), teacher_batch=64, teacher_steps=4000,
+                        split=(30, 30, 240), arms=ARMS, eval_size=512)
+WORLD_V2 = dataclasses.replace(WORLD_V4, world=WorldConfig("recall"))
+
+PRESETS = {
+    "tiny": MohawkConfig(),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------------------------
+def train_teacher(cfg: MohawkConfig, seed: int, run_dir=True, progress: bool = True):
+    """The teacher on next-token cross-entropy at every position; cached (resumable) in `run_dir`
+    (True: the default folder keyed on the config and seed). Returns (teacher, its evaluation)."""
+    seed = _check.integer("seed", seed)
+    data = cfg.data(seed)
+    torch.manual_seed(seed)
+    teacher = phi_teacher(cfg.gpt)
+
+    def loss_fn(model, generator):
+        x, y = data.batch(cfg.teacher_batch, generator)
+        return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+
+    tcfg = one_cycle(cfg.teacher_steps, cfg.teacher_lr)
+    key = (dataclasses.asdict(cfg.gpt), repr(cfg.world), cfg.vocab, cfg.length, cfg.teacher_batch,
+           dataclasses.asdict(tcfg), seed)
+    run_dir = resolve_run_dir(run_dir, "mohawk", "teacher", *key)
+    teacher = train(teacher, loss_fn, tcfg, seed=seed, run_dir=run_dir, desc=f"teacher · seed {seed}",
+                    progress=progress).model.eval().requires_grad_(False)
+    scores = {}
+    with torch.no_grad():
+        for name, (x, y) in data.eval.items():
+            logits = teacher(x)
+            scores[f"ce_{name}"] = F.cross_entropy(logits.flatten(0, 1), y.flatten()).item()
+            if cfg.world is None:
+                scores["acc"] = copy_accuracy(teacher, x, y, cfg.length)
+            elif name == cfg.world.skill:
+                a = cfg.world.answers()
+                scores[f"acc_{name}_answers"] = (logits[:, a].argmax(-1) == y[:, a]).float().mean().item()
+    return teacher, scores
+
+
+@dataclasses.dataclass
+class ArmResult:
+    arm: str
+    seed: int
+    frob_init: list[float]                  # per layer, after transfer, before stage 1
+    frob_stage1: list[float]                # per layer, after stage 1
+    frob_curve: list[tuple[int, list[float]]]   # (stage-1 step, per layer)
+    rel_stage2: list[float]                 # per layer rel₂ after stage 2
+    after_stages12: dict[str, float]        # evaluation after stages 1–2
+    frob_final: list[float]
+    final: dict[str, float]                 # evaluation at the end of the budget
+    losses: dict[int, list[float]]          # per stage
+    seconds: float
+
+
+def student(cfg: MohawkConfig, seed: int) -> ParallelLM:
+    torch.manual_seed(10_000 + _check.integer("seed", seed))
+    return phi_mamba(cfg.gpt, d_state=cfg.d_state, a_bias=cfg.a_bias)
+
+
+def distill(cfg: MohawkConfig, teacher: ParallelLM, arm: str, seed: int, progress: bool = True,
+            split: tuple[int, int, int] | None = None, lrs: tuple[float, float, float] | None = None
+            ) -> ArmResult:
+    """One student arm at the budget ``sum(cfg.split)``: "mohawk" (transfer, stages 1, 2, 3 with
+    ``cfg.split`` or `split`), "kd_transfer" (transfer, then stage 3 for the whole budget),
+    "kd_scratch" (stage 3 for the whole budget from a fresh student). `lrs`: a rate per stage."""
+    arm = _check.choice("arm", arm, ARMS)
+    seed = _check.integer("seed", seed)
+    split = cfg.split if split is None else split
+    lrs = (cfg.lr,) * 3 if lrs is None else lrs
+    start = time.time()
+    data = cfg.data(seed)
+    model = student(cfg, seed)
+    if arm != "kd_scratch":
+        transfer_weights(teacher, model)
+    probe = data.probe
+    frob_init = matrix_errors(model, teacher, probe).tolist()
+    steps = split if arm == "mohawk" else (0, 0, sum(split))
+    losses, curve = {}, [(0, frob_init)]
+
+    def batch(generator):
+        return data.batch(cfg.batch, generator)[0]
+
+    def frames(step, m):
+        if step % cfg.frame_every == 0:
+            curve.append((step, matrix_errors(m, teacher, probe).tolist()))
+
+    for stage, n in zip((1, 2, 3), steps):
+        if n:
+            result = run_stage(stage, model, teacher, batch, one_cycle(n, lrs[stage - 1]),
+                               seed=100 * seed + stage, desc=f"{arm} · stage {stage}",
+                               on_step=frames if stage == 1 else None, progress=progress)
+            losses[stage] = result.losses.tolist()
+        if stage == 1:
+            frob_stage1 = matrix_errors(model, teacher, probe).tolist()
+        if stage == 2:
+            rel = hidden_errors(model, teacher, probe).tolist()
+            after12 = data.evaluate(model, teacher)
+    return ArmResult(arm, seed, frob_init, frob_stage1, curve, rel, after12,
+                     matrix_errors(model, teacher, probe).tolist(), data.evaluate(model, teacher),
+                     losses, time.time() - start)
+
+
+def run_experiment(cfg: MohawkConfig, seed: int, progress: bool = True) -> dict:
+    """The teacher, then every arm of ``cfg.arms`` on `seed`."""
+    if not isinstance(cfg, MohawkConfig):
+        raise TypeError(f"cfg must be a MohawkConfig; got {type(cfg).__name__}")
+    t0 = time.time()
+    teacher, scores = train_teacher(cfg, seed, progress=progress)
+    teacher_seconds = time.time() - t0
+    arms = {arm: distill(cfg, copy.deepcopy(teacher), arm, seed, progress) for arm in cfg.arms}
+    return {"teacher": teacher, "teacher_scores": scores, "teacher_seconds": teacher_seconds, "arms": arms}
