@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ... import _check
+from ...data.tasks import copy_batch
 from ...nn.ssm import SSMLM
 from ...train import TrainConfig, train
 from .method import PARTS, mass_share, mimetic_, recipe
@@ -19,25 +20,6 @@ from .method import PARTS, mass_share, mimetic_, recipe
 # ---------------------------------------------------------------------------------------------
 # Tasks
 # ---------------------------------------------------------------------------------------------
-def copy_batch(batch: int, length: int, vocab: int, generator: torch.Generator | None = None):
-    """The copy task: BOS x₁…x_L COPY x₁…x_L with x_i uniform over `vocab` data tokens.
-
-    Token ids: data 0…V−1, BOS = V, COPY = V+1. Returns (inputs (batch, 2L+1), targets of the same
-    shape with −100 where no loss is taken): row i ≥ L+1 predicts x_{i−L}.
-    """
-    batch = _check.integer("batch", batch, low=1)
-    length = _check.integer("length", length, low=1)
-    vocab = _check.integer("vocab", vocab, low=2)
-    device = generator.device if generator is not None else None
-    x = torch.randint(0, vocab, (batch, length), generator=generator, device=device)
-    bos = torch.full((batch, 1), vocab, device=x.device)
-    cp = torch.full((batch, 1), vocab + 1, device=x.device)
-    inputs = torch.cat([bos, x, cp, x[:, :-1]], dim=1)
-    targets = torch.full_like(inputs, -100)
-    targets[:, length + 1:] = x
-    return inputs, targets
-
-
 def mqar_batch(batch: int, seq_len: int, vocab: int, num_kv: int, generator: torch.Generator | None = None,
                power_a: float = 0.01):
     """Multi-query associative recall (Zoology semantics). κ = `num_kv` distinct keys from

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ... import _check
+from ...data.tasks import copy_batch
 from ...data.tokens import Domain, markov, markov2, recall
 from ...nn.gpt import GPTConfig
 from ...train import TrainConfig, resolve_run_dir, train
@@ -34,15 +35,9 @@ ARMS = ("mohawk", "kd_transfer", "kd_scratch")
 # The copy language
 # ---------------------------------------------------------------------------------------------
 def copy_sequences(batch: int, length: int, vocab: int, generator: torch.Generator | None = None):
-    """BOS x₁…x_L COPY x₁…x_L, x_i uniform over `vocab` data tokens (BOS = V, COPY = V + 1).
-    Returns (inputs (batch, 2L + 1), next-token targets of the same shape); positions ≥ L + 1
-    predict the second copy."""
-    batch = _check.integer("batch", batch, low=1)
-    length = _check.integer("length", length, low=1)
-    vocab = _check.integer("vocab", vocab, low=2)
-    x = torch.randint(0, vocab, (batch, length), generator=generator)
-    seq = torch.cat([torch.full((batch, 1), vocab), x, torch.full((batch, 1), vocab + 1), x], dim=1)
-    return seq[:, :-1], seq[:, 1:]
+    """The copy task of :func:`lab.data.tasks.copy_batch` with every next token as a target
+    (distillation reads all positions); positions ≥ L + 1 predict the second copy."""
+    return copy_batch(batch, length, vocab, generator, mask=False)
 
 
 @torch.no_grad()
