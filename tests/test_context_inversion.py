@@ -123,6 +123,18 @@ def test_float64_runs_are_deterministic():
     assert a.w_kq.dtype == torch.float64
 
 
+def test_contributions_at_chosen_steps_equal_the_full_record():
+    full = m.finetune(m.build(SHORT, seed=4))
+    some = m.finetune(m.build(SHORT, seed=4), record=(0, 7, 40))
+    for g in full.contrib:
+        kept = ~np.isnan(some.contrib[g])
+        assert list(np.nonzero(kept)[0]) == [0, 7, 40]
+        assert np.array_equal(some.contrib[g][kept], full.contrib[g][[0, 7, 40]])
+    assert np.array_equal(some.M_C, full.M_C)
+    with pytest.raises(ValueError, match="record step"):
+        m.finetune(m.build(SHORT, seed=4), record=(41,))
+
+
 def test_metric_sanity_over_a_run():
     trace = m.finetune(m.build(SHORT, seed=0))
     assert np.all(trace.CF + trace.PAR <= 1 + 1e-12)

@@ -36,6 +36,7 @@ class ChapterConfig:
     # the "who pushes the margin" grid: group sizes (C, C+S) and memory strength p_mem
     push_sizes: tuple[tuple[int, int], ...] = ((10, 30), (20, 20), (30, 10))
     push_p_mem: tuple[float, ...] = (0.4, 0.6, 0.8)
+    push_steps: tuple[int, ...] = (0, 20, 40, 80)
     gpu: GPUStudy | None = None
     minutes: float = 1.0
 
@@ -91,7 +92,8 @@ def data_mix(cfg: ChapterConfig, seed: int) -> tuple[list[dict], dict]:
 
 
 def push_grid(cfg: ChapterConfig, seed: int) -> dict:
-    """Runs for the margin explorer: (n_c, n_cs, p_mem) → Trace, standard variant."""
+    """Runs for the margin explorer: (n_c, n_cs, p_mem) → Trace, standard variant, with the
+    contributions at the explorer's cursor steps (`cfg.push_steps`) only."""
     return {(n_c, n_cs, p): finetune(build(dataclasses.replace(cfg.toy, n_c=n_c, n_cs=n_cs, p_mem=p),
-                                           seed))
+                                           seed), record=cfg.push_steps)
             for n_c, n_cs in cfg.push_sizes for p in cfg.push_p_mem}

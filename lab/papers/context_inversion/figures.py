@@ -11,7 +11,7 @@ METRIC_STYLE = {"M_C": ("M_C (soft reliance)", PALETTE["accent"], "-"),
                 "PAR": ("PAR (memory answer)", PALETTE["grey"], ":"),
                 "attn_ctx": ("attention on context", "#55A868", "-.")}
 GROUP_COLOURS = {"C": "#4C72B0", "C+S": PALETTE["accent"], "S": "#CCB974", "CF": "#55A868"}
-CURSOR_STEPS = (0, 10, 20, 40, 80, 150, 300)
+CURSOR_STEPS = (0, 15, 40, 80, 150, 300)
 
 
 def _curves(ax, trace, title: str, cursor: int | None = None, legend: bool = False):
@@ -71,7 +71,7 @@ def reliance_explorer(traces: dict, scale: str, seed: int) -> Explorer:
         return fig
 
     return Explorer(render, {"variant": list(traces), "step": list(CURSOR_STEPS)},
-                    title="Reliance over training", defaults={"step": 20})
+                    title="Reliance over training", defaults={"step": 15})
 
 
 def push_explorer(grid: dict, scale: str, seed: int) -> Explorer:
@@ -79,7 +79,10 @@ def push_explorer(grid: dict, scale: str, seed: int) -> Explorer:
     sizes = sorted({(c, cs) for c, cs, _ in grid})
     p_mems = sorted({p for _, _, p in grid})
     labels = {f"{c} C / {cs} C+S": (c, cs) for c, cs in sizes}
-    top = max(max(abs(v).max() for v in t.contrib.values()) for t in grid.values())
+    first = next(iter(grid.values()))
+    measured = ~np.isnan(first.contrib["C"])          # the steps whose contributions were kept
+    steps = [int(s) for s in first.steps[measured]]
+    top = max(float(np.nanmax(np.abs(v))) for t in grid.values() for v in t.contrib.values())
 
     def render(groups: str, p_mem: float, step: int):
         trace = grid[(*labels[groups], p_mem)]
@@ -101,7 +104,7 @@ def push_explorer(grid: dict, scale: str, seed: int) -> Explorer:
         stamp(fig, scale, seed)
         return fig
 
-    return Explorer(render, {"groups": list(labels), "p_mem": p_mems, "step": [0, 10, 20, 40, 80]},
+    return Explorer(render, {"groups": list(labels), "p_mem": p_mems, "step": steps},
                     title="Who pushes the margin", defaults={"groups": "20 C / 20 C+S", "p_mem": 0.6})
 
 

@@ -263,9 +263,10 @@ class Trace:
         return float(self.M_C[i]), int(self.steps[i])
 
 
-def finetune(toy: Toy, steps: int | None = None, record: bool = True) -> Trace:
-    """Full-batch IFT with Adam from the built model; metrics and per-group contributions at
-    every step (before the update), and once more after the last one."""
+def finetune(toy: Toy, steps: int | None = None, record=True) -> Trace:
+    """Full-batch IFT with Adam from the built model; metrics at every step (before the
+    update), and once more after the last one. Per-group contributions at every step
+    (`record` True), at none (False), or at the steps `record` lists (NaN elsewhere)."""
     if not isinstance(toy, Toy):
         raise TypeError(f"toy must be a Toy (from build); got {type(toy).__name__}")
     cfg = toy.cfg
@@ -274,6 +275,11 @@ def finetune(toy: Toy, steps: int | None = None, record: bool = True) -> Trace:
     memory = toy.memory0.clone().requires_grad_(cfg.train_memory)
     params = [w_kq] + ([memory] if cfg.train_memory else [])
     opt = torch.optim.Adam(params, lr=cfg.lr)
+    if isinstance(record, bool):
+        wanted = range(steps + 1) if record else ()
+    else:
+        wanted = [_check.integer("record step", int(r), low=0, high=steps) for r in record]
+    wanted = set(wanted)
     keys, a_ctx, a_mem = toy.test
     rows = {k: [] for k in ("M_C", "CF", "PAR", "margin", "attn_ctx", "loss", "heldout_ctx")}
     contrib = {g: [] for g in toy.items}
@@ -287,9 +293,12 @@ def finetune(toy: Toy, steps: int | None = None, record: bool = True) -> Trace:
             f_logits, _ = forward(toy, w_kq, memory, toy.fresh[0])
             p = torch.softmax(f_logits, 1)[torch.arange(len(toy.fresh[1])), toy.fresh[1]]
             rows["heldout_ctx"].append(float(p.mean()))
-        if record:
+        if step in wanted:
             for g, v in contributions(toy, w_kq, memory).items():
                 contrib[g].append(v)
+        elif record is not False:
+            for values in contrib.values():
+                values.append(float("nan"))
         loss = item_losses(toy, w_kq, memory).mean()
         rows["loss"].append(float(loss.detach()))
         if step == steps:
