@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
 
@@ -188,7 +189,7 @@ def pair_probe(models: dict, a, b, seed: int = 0, top: int = 5) -> dict:
 def pair_figure(probe: dict, scale: str, seed: int):
     """The two images, cos(true text, d̂) per model, and each model's top difference texts."""
     names = list(probe["cosine"])
-    fig = figure(1, 1, width=9, height=2.6 + 0.2 * len(names))[0]
+    fig = figure(1, 1, width=9, height=3.6 + 0.25 * len(names))[0]
     fig.clear()
     gs = fig.add_gridspec(2, 2 + 2 * len(names), height_ratios=[1, 1.1])
     for k, title in enumerate(("first", "second")):
@@ -201,7 +202,7 @@ def pair_figure(probe: dict, scale: str, seed: int):
     ax.axvline(0, color="black", lw=0.6)
     ax.set_xlim(-1, 1)
     ax.set_xlabel("cos(text, normalised image difference)", fontsize=8)
-    ax.set_title(f"true: “{probe['text']}”", fontsize=8)
+    ax.set_title(textwrap.fill(f"true: “{probe['text']}”", 64), fontsize=8)
     for k, name in enumerate(names):
         ax = fig.add_subplot(gs[1, 2 * k + 1:2 * k + 3] if k else gs[1, :3])
         ax.axis("off")
