@@ -262,9 +262,10 @@ def _free_port() -> int:
 
 
 def test_two_process_policies_identical(tmp_path):
-    """Two CPU processes (gloo). ``accelerate launch --cpu --num_processes 2`` starts a single
-    process in accelerate 1.x (its simple launcher); ``--multi_gpu`` goes through torchrun and,
-    with the model on the CPU, the trainer's Accelerator(cpu=True) runs multi-CPU."""
+    """Two CPU processes (gloo), launched as the chapter documents. ``accelerate launch --cpu``
+    goes through accelerate's simple launcher, which starts several processes only through MPI
+    (``--mpirun_hostfile``); ``--multi_gpu`` goes through torchrun and, with the model on the
+    CPU, the trainer's ``Accelerator(cpu=True)`` joins the processes over gloo."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", LAB_SCALE="tiny", CUDA_VISIBLE_DEVICES="")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
