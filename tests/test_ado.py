@@ -291,6 +291,8 @@ def _small_lm(**train):
 
 
 def test_an_interrupted_ado_run_resumes_bit_identically(tmp_path, monkeypatch):
+    from lab import train as train_module
+    monkeypatch.setattr(train_module, "_cached_runs", train_module.cached_runs())   # this test's reload
     cfg = _small_lm(checkpoint_every=15)
     straight = ex.train_lm(cfg, "ado", seed=3, progress=False)
 
@@ -300,10 +302,10 @@ def test_an_interrupted_ado_run_resumes_bit_identically(tmp_path, monkeypatch):
         if self.step == 37:
             raise KeyboardInterrupt
         observe(self, counts, sums)
-    monkeypatch.setattr(ado.ADOPolicy, "observe", dies_at_step_38)
-    with pytest.raises(KeyboardInterrupt):
-        ex.train_lm(cfg, "ado", seed=3, run_dir=tmp_path, progress=False)
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(ado.ADOPolicy, "observe", dies_at_step_38)
+        with pytest.raises(KeyboardInterrupt):
+            ex.train_lm(cfg, "ado", seed=3, run_dir=tmp_path, progress=False)
     resumed = ex.train_lm(cfg, "ado", seed=3, run_dir=tmp_path, progress=False)
     assert resumed["resumed_from"] == 30 and len(straight["refits"]) == 6
     for key in ("pi", "rho", "rho_bar", "loss", "counts", "n", "train_losses", "val"):
