@@ -301,7 +301,7 @@ def _stateful_problem():
     def loss_fn(net, g):
         x = torch.randn(16, 3, generator=g)
         loss = (net(x) - x.sum(1, keepdim=True) - run_state.shift.float()).pow(2).mean()
-        last[:] = [float(loss)]
+        last[:] = [float(loss.detach())]
         return loss
     return model, loss_fn, run_state, lambda step, net: run_state.observe(last[0])
 
