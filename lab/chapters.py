@@ -30,7 +30,7 @@ CHAPTERS = (
     Chapter("mimetic-init", "Mimetic initialization helps state space models learn to recall",
             "2410.11135", True),
     Chapter("mohawk", "Distilling Transformers into SSMs", "2408.10189", False),
-    Chapter("ado", "Adaptive data optimization with scaling laws", "2410.11820", False),
+    Chapter("ado", "Adaptive data optimization with scaling laws", "2410.11820", True),
     Chapter("context-inversion", "Context-parametric inversion in instruction tuning", "2410.10796",
             True),
     Chapter("clip-differences", "Finetuning CLIP to reason about differences", "2409.09721", True),

@@ -4,7 +4,9 @@ The loop is deliberately plain (nanoGPT-style). A chapter supplies ``loss_fn(mod
 which draws its own batch and noise from the generator it is given; all randomness of training
 therefore flows through one ``torch.Generator`` whose state is checkpointed with the weights,
 the optimiser and the EMA. Resuming from a checkpoint replays the remaining steps exactly: same
-seed, same steps, same numbers, whether or not the run was interrupted.
+seed, same steps, same numbers, whether or not the run was interrupted. What else a run carries
+from step to step (a data policy, a replay buffer) travels with the checkpoint as ``state``: any
+object with ``state_dict()`` and ``load_state_dict(d)``, whose dict holds tensors and JSON values.
 
 Checkpoints are safetensors files (tensors) with a JSON header (step, config); nothing is
 unpickled on load. On several processes (``accelerate launch``) each process gets its own
@@ -178,20 +180,29 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Gene
           config: TrainConfig, *, seed: int, run_dir: Path | str | None = None,
           desc: str = "training", device: torch.device | str | None = None,
           on_step: Callable[[int, torch.nn.Module], None] | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, state=None) -> TrainResult:
     """Train `model` for ``config.steps`` optimiser steps of ``loss_fn``; resume from `run_dir` if
     it holds a checkpoint of the same run. Returns the trained model, its EMA copy and the losses.
 
     ``on_step(step, model)``, if given, runs after every optimiser step (``step`` counts from 1)
     with the unwrapped model: the place for evaluations and snapshots. It must not draw from the
     training generator, so that resuming stays exact. ``progress=False`` hides the progress bar
-    (a worker process, whose bar would reach a notebook as stray text)."""
+    (a worker process, whose bar would reach a notebook as stray text).
+
+    ``state``: the run's own state beyond model, optimiser, EMA and generator, saved with every
+    checkpoint and restored on resume, so that a run that changes as it trains still replays
+    exactly. Any object with ``state_dict()`` → ``{name: tensor or JSON-able value}`` and
+    ``load_state_dict(dict)``; tensors go into the safetensors file, the rest into its JSON
+    header (nothing is unpickled)."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig; got {type(config).__name__}")
     seed = _check.integer("seed", seed)
+    if state is not None and not (callable(getattr(state, "state_dict", None))
+                                  and callable(getattr(state, "load_state_dict", None))):
+        raise TypeError(f"state must have state_dict() and load_state_dict(); got {type(state).__name__}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     accelerator = Accelerator(cpu=device.type == "cpu")
     model = model.to(accelerator.device)
@@ -204,7 +215,7 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Gene
     run_dir = Path(run_dir) if run_dir is not None else None
     ckpt = run_dir / "checkpoint.safetensors" if run_dir is not None else None
     if ckpt is not None and ckpt.exists():
-        start = _load(ckpt, model, optimizer, ema, generator, losses, config, accelerator)
+        start = _load(ckpt, model, optimizer, ema, generator, losses, config, accelerator, state)
     if start == config.steps:
         global _cached_runs
         _cached_runs += 1
@@ -236,7 +247,8 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Gene
         done = step + 1 == config.steps
         if ckpt is not None and (done or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0)):
             if accelerator.is_main_process:
-                _save(ckpt, accelerator.unwrap_model(model), optimizer, ema, generator, losses, step + 1, config)
+                _save(ckpt, accelerator.unwrap_model(model), optimizer, ema, generator, losses, step + 1, config,
+                      state)
     bar.close()
     model = accelerator.unwrap_model(model)
     model.eval()
@@ -247,7 +259,8 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Gene
     return TrainResult(model, ema_model, losses, start, run_dir)
 
 
-def _save(path: Path, model, optimizer, ema, generator, losses, step: int, config: TrainConfig) -> None:
+def _save(path: Path, model, optimizer, ema, generator, losses, step: int, config: TrainConfig,
+          run_state=None) -> None:
     from safetensors.torch import save_file
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if ema is not None:
@@ -264,13 +277,24 @@ def _save(path: Path, model, optimizer, ema, generator, losses, step: int, confi
     tensors["losses"] = losses.clone()
     meta = {"step": step, "config": dataclasses.asdict(config), "ema_updates": ema.updates if ema else 0,
             "param_groups": opt["param_groups"], "opt_scalars": scalars}
+    if run_state is not None:
+        meta["state"] = {}
+        for key, value in run_state.state_dict().items():
+            if torch.is_tensor(value):
+                tensors[f"state/{key}"] = value.detach().cpu().contiguous()
+            else:
+                meta["state"][key] = value
+        try:
+            json.dumps(meta["state"])
+        except TypeError as err:
+            raise TypeError(f"state.state_dict() must hold tensors and JSON-able values: {err}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"lab": json.dumps(meta)})
     os.replace(tmp, path)
 
 
-def _load(path: Path, model, optimizer, ema, generator, losses, config, accelerator) -> int:
+def _load(path: Path, model, optimizer, ema, generator, losses, config, accelerator, run_state=None) -> int:
     from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["lab"])
@@ -281,6 +305,10 @@ def _load(path: Path, model, optimizer, ema, generator, losses, config, accelera
     if saved != dataclasses.asdict(config):
         raise ValueError(f"run_dir {path.parent} holds a checkpoint of another config: {saved}; "
                          "use a new run_dir or delete it")
+    if (run_state is not None) != ("state" in meta):
+        raise ValueError(f"run_dir {path.parent} holds a checkpoint "
+                         + ("without" if run_state is not None else "with") + " a run state, and this run "
+                         + ("has one" if run_state is not None else "has none") + ": use a new run_dir or delete it")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
     if ema is not None:
         ema.shadow = {k[4:]: v.to(accelerator.device) for k, v in tensors.items() if k.startswith("ema/")}
@@ -296,6 +324,8 @@ def _load(path: Path, model, optimizer, ema, generator, losses, config, accelera
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     generator.set_state(tensors["rng/generator"])
     losses.copy_(tensors["losses"])
+    if run_state is not None:
+        run_state.load_state_dict({**meta["state"], **{k[6:]: v for k, v in tensors.items() if k.startswith("state/")}})
     return int(meta["step"])
 
 

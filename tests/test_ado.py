@@ -262,9 +262,10 @@ def _free_port() -> int:
 
 
 def test_two_process_policies_identical(tmp_path):
-    """Two CPU processes (gloo). ``accelerate launch --cpu --num_processes 2`` starts a single
-    process in accelerate 1.x (its simple launcher); ``--multi_gpu`` goes through torchrun and,
-    with the model on the CPU, the trainer's Accelerator(cpu=True) runs multi-CPU."""
+    """Two CPU processes (gloo), launched as the chapter documents. ``accelerate launch --cpu``
+    goes through accelerate's simple launcher, which starts several processes only through MPI
+    (``--mpirun_hostfile``); ``--multi_gpu`` goes through torchrun and, with the model on the
+    CPU, the trainer's ``Accelerator(cpu=True)`` joins the processes over gloo."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", LAB_SCALE="tiny", CUDA_VISIBLE_DEVICES="")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -278,3 +279,53 @@ def test_two_process_policies_identical(tmp_path):
     assert ranks[0]["counts"] == ranks[1]["counts"]             # the reduced (global) counts
     assert sum(ranks[0]["counts"][0]) == 16                     # 2 processes × batch 8
     assert np.abs(np.array(ranks[0]["pi"][-1]) - np.array(ranks[0]["pi"][0])).max() > 1e-3
+
+
+# -- resume: the policy travels with the checkpoint -----------------------------------------------
+def _small_lm(**train):
+    return dataclasses.replace(
+        ex.LMConfig(), d_model=16, n_layers=1, n_heads=2, d_mlp=32, length=16, batch=8, n_val=8,
+        train=ex.TrainConfig(steps=60, lr=3e-3, progress_every=60, **train),
+        ado=dataclasses.replace(ex.LMConfig.ado, update_interval=10, start_step=10, ignore_steps=0,
+                                savgol_window=5, subsample=1))
+
+
+def test_an_interrupted_ado_run_resumes_bit_identically(tmp_path, monkeypatch):
+    from lab import train as train_module
+    monkeypatch.setattr(train_module, "_cached_runs", train_module.cached_runs())   # this test's reload
+    cfg = _small_lm(checkpoint_every=15)
+    straight = ex.train_lm(cfg, "ado", seed=3, progress=False)
+
+    observe = ado.ADOPolicy.observe
+
+    def dies_at_step_38(self, counts, sums):
+        if self.step == 37:
+            raise KeyboardInterrupt
+        observe(self, counts, sums)
+    with monkeypatch.context() as patch:
+        patch.setattr(ado.ADOPolicy, "observe", dies_at_step_38)
+        with pytest.raises(KeyboardInterrupt):
+            ex.train_lm(cfg, "ado", seed=3, run_dir=tmp_path, progress=False)
+    resumed = ex.train_lm(cfg, "ado", seed=3, run_dir=tmp_path, progress=False)
+    assert resumed["resumed_from"] == 30 and len(straight["refits"]) == 6
+    for key in ("pi", "rho", "rho_bar", "loss", "counts", "n", "train_losses", "val"):
+        assert np.array_equal(resumed[key], straight[key]), key
+    for a, b in zip(resumed["refits"], straight["refits"]):
+        assert a.step == b.step and a.laws == b.laws and np.array_equal(a.smoothed, b.smoothed)
+    # a finished run reloads with its whole policy history
+    again = ex.train_lm(cfg, "ado", seed=3, run_dir=tmp_path, progress=False)
+    assert again["resumed_from"] == 60 and np.array_equal(again["pi"], straight["pi"])
+
+
+def test_policy_state_rejects_another_policy():
+    policy = _ado()
+    other = ado.ADOPolicy(["x", "y", "z"], [0.5, 0.3, 0.2], policy.config)
+    with pytest.raises(ValueError, match="state is of a policy"):
+        other.load_state_dict(policy.state_dict())
+
+
+def test_largest_dip():
+    assert ex.largest_dip([0.1, 0.3, 0.25, 0.4, 0.38]) == pytest.approx(0.05)
+    assert ex.largest_dip([0.1, 0.2, 0.3]) == 0.0
+    with pytest.raises(ValueError, match="series"):
+        ex.largest_dip([])

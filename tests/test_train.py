@@ -275,3 +275,59 @@ def test_onecycle_matches_torch_step_by_step(steps, warmup, lr_final):
 def test_onecycle_needs_its_settings(kw, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(steps=10, lr=1e-3, decay="onecycle", **kw)
+
+
+class RunningTarget:
+    """A run state that steers training: the target drifts with the losses seen so far."""
+
+    def __init__(self):
+        self.shift, self.history = torch.zeros(1, dtype=torch.float64), []
+
+    def observe(self, loss: float) -> None:
+        self.history.append(loss)
+        self.shift += 0.01 * loss
+
+    def state_dict(self):
+        return {"shift": self.shift.clone(), "history": list(self.history)}
+
+    def load_state_dict(self, d):
+        self.shift, self.history = d["shift"].clone(), list(d["history"])
+
+
+def _stateful_problem():
+    model, _ = tiny_problem()
+    run_state, last = RunningTarget(), []
+
+    def loss_fn(net, g):
+        x = torch.randn(16, 3, generator=g)
+        loss = (net(x) - x.sum(1, keepdim=True) - run_state.shift.float()).pow(2).mean()
+        last[:] = [float(loss.detach())]
+        return loss
+    return model, loss_fn, run_state, lambda step, net: run_state.observe(last[0])
+
+
+def test_run_state_travels_with_the_checkpoint(tmp_path):
+    cfg = TrainConfig(steps=30, lr=1e-2, checkpoint_every=10)
+    model, loss_fn, run_state, on_step = _stateful_problem()
+    straight = train(model, loss_fn, cfg, seed=2, on_step=on_step, state=run_state)
+    straight_state = run_state.state_dict()
+
+    model, loss_fn, run_state, on_step = _stateful_problem()
+
+    def dying(step, net):
+        if step == 25:
+            raise Crash()
+        on_step(step, net)
+    with pytest.raises(Crash):
+        train(model, loss_fn, cfg, seed=2, run_dir=tmp_path, on_step=dying, state=run_state)
+    model, loss_fn, run_state, on_step = _stateful_problem()
+    resumed = train(model, loss_fn, cfg, seed=2, run_dir=tmp_path, on_step=on_step, state=run_state)
+    assert resumed.resumed_from == 20
+    assert torch.equal(resumed.losses, straight.losses)
+    assert torch.equal(run_state.shift, straight_state["shift"])
+    assert run_state.history == straight_state["history"]
+    # without its state the checkpoint is refused, and a state that is no state is rejected
+    with pytest.raises(ValueError, match="run state"):
+        train(*tiny_problem(), cfg, seed=2, run_dir=tmp_path)
+    with pytest.raises(TypeError, match="state must have"):
+        train(*tiny_problem(), cfg, seed=2, state={"shift": 1})

@@ -13,12 +13,13 @@ import torch
 from ... import _check
 from ...data.tokens import TokenMixture, check_weights, cycle, markov, markov2, noise
 from ...nn import GPT, GPTConfig, sequence_losses
-from ...train import TrainConfig, train
+from ...train import TrainConfig, resolve_run_dir, train
 from .method import (
     PILE_BOUNDS,
     SMALL_GRID,
     SYNTHETIC_BOUNDS,
     ADOConfig,
+    ADOPolicy,
     MixturePolicy,
     domain_batch_stats,
     make_policy,
@@ -76,6 +77,7 @@ def simulate(policy: MixturePolicy, world: Sequence[SimDomain] = SIM_WORLD, cfg:
         policy.observe(counts, obs * counts)
     out = policy.record()
     out["excess"] = np.array([d.loss(m) for d, m in zip(world, n)]) - eps
+    out["alpha_min"] = policy.config.bounds.alpha_min if isinstance(policy, ADOPolicy) else None
     return out
 
 
@@ -113,10 +115,11 @@ class LMConfig:
     n_heads: int = 4
     d_mlp: int = 256
     batch: int = 32
-    # Constant rate. With a cosine decay the noise domain's loss creeps down while the rate
-    # anneals, and the late refits read that as a slow power law. A warm-up with a linear decay
-    # (the trainer's warmup_steps and decay="linear") is the schedule to try next.
-    train: TrainConfig = TrainConfig(steps=1500, lr=3e-3, progress_every=100)
+    # The specification's schedule: AdamW, 100 warm-up steps, then a linear decay to a tenth.
+    # (With a cosine decay the noise domain's loss creeps down while the rate anneals, and the
+    # late refits read that as a slow power law.)
+    train: TrainConfig = TrainConfig(steps=1500, lr=3e-3, lr_final=3e-4, warmup_steps=100, decay="linear",
+                                     optimizer="adamw", progress_every=100)
     n_val: int = 256
     ado: ADOConfig = ADOConfig(update_interval=100, start_step=100, ignore_steps=20, savgol_window=51,
                                subsample=5, bounds=SYNTHETIC_BOUNDS, grid=tuple(map(tuple, SMALL_GRID)))
@@ -137,28 +140,41 @@ class LMConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ChapterConfig:
+    """The chapter at one scale: the simulated world, the main experiment (`lm`), the
+    delayed-learning world (`delayed`, same model and budget), the policies compared, and how
+    many worker processes train the runs (each run is seeded by its own policy and seed, so the
+    numbers do not depend on the workers)."""
     sim: SimConfig
     lm: LMConfig
+    delayed: LMConfig
     policies: tuple = ("natural", "uniform", "ado")
-    gating: bool = True                 # the LM claims are asserted at this scale
+    delayed_policies: tuple = ("uniform", "ado")   # the comparison that shows the trap (time budget)
+    workers: int = 1
     minutes: float = 3.0
 
+    def __post_init__(self):
+        _check.integer("workers", self.workers, low=1)
+        if self.delayed.world != "delayed":
+            raise ValueError(f"delayed must be an LMConfig with world='delayed'; got {self.delayed.world!r}")
+
+
+def _with_delayed(sim: SimConfig, lm: LMConfig, **kw) -> ChapterConfig:
+    return ChapterConfig(sim, lm, dataclasses.replace(lm, world="delayed"), **kw)
+
+
+_GPU_LM = LMConfig(d_model=256, n_layers=4, n_heads=8, d_mlp=1024, length=64, batch=64,
+                   train=TrainConfig(steps=5000, lr=1e-3, lr_final=1e-4, warmup_steps=250, decay="linear",
+                                     optimizer="adamw", progress_every=100),
+                   ado=dataclasses.replace(LMConfig.ado, update_interval=250, start_step=250, ignore_steps=100,
+                                           savgol_window=101))
+_PAPER_LM = LMConfig(d_model=768, n_layers=12, n_heads=12, d_mlp=3072, length=1024, batch=256,
+                     train=TrainConfig(steps=60_000, lr=6e-4, lr_final=6e-5, optimizer="adamw"),
+                     ado=ADOConfig(update_interval=1000, start_step=1000, ignore_steps=1000, bounds=PILE_BOUNDS))
 
 PRESETS = {
-    "tiny": ChapterConfig(SimConfig(), LMConfig(), minutes=2.5),
-    "gpu": ChapterConfig(SimConfig(), LMConfig(d_model=256, n_layers=4, n_heads=8, d_mlp=1024, length=64,
-                                               batch=64, train=TrainConfig(steps=5000, lr=1e-3, lr_final=1e-4,
-                                                                           progress_every=100),
-                                               ado=dataclasses.replace(LMConfig.ado, update_interval=250,
-                                                                       start_step=250, ignore_steps=100,
-                                                                       savgol_window=101)),
-                         gating=False, minutes=15.0),
-    "paper": ChapterConfig(SimConfig(), LMConfig(d_model=768, n_layers=12, n_heads=12, d_mlp=3072, length=1024,
-                                                 batch=256, train=TrainConfig(steps=60_000, lr=6e-4,
-                                                                              lr_final=6e-5),
-                                                 ado=ADOConfig(update_interval=1000, start_step=1000,
-                                                               ignore_steps=1000, bounds=PILE_BOUNDS)),
-                           gating=False, minutes=10_000.0),
+    "tiny": _with_delayed(SimConfig(), LMConfig(), workers=2, minutes=3.0),
+    "gpu": _with_delayed(SimConfig(), _GPU_LM, minutes=15.0),
+    "paper": _with_delayed(SimConfig(), _PAPER_LM, minutes=10_000.0),
 }
 
 
@@ -174,14 +190,19 @@ def domain_losses(model: torch.nn.Module, sequences: Sequence[torch.Tensor], bat
     return np.array(out)
 
 
-def train_lm(cfg: LMConfig, kind: str, *, seed: int, device="cpu", desc: str | None = None) -> dict:
+def train_lm(cfg: LMConfig, kind: str, *, seed: int, device="cpu", desc: str | None = None,
+             run_dir=None, progress: bool = True) -> dict:
     """Train the small GPT on the mixture under policy `kind` (natural | uniform | ado) and
     evaluate it. The policy picks each batch's mixture in ``loss_fn``; it sees the batch's
     per-domain losses after the step (``on_step``), before the next batch is drawn.
 
-    No checkpoint folder: the trainer would not save the policy's state with the weights, so a
-    resumed ADO run would not replay exactly; each run trains from scratch (about a minute at tiny).
+    The policy is the run's ``state``: its counts, credit, preferences, laws and histories are
+    checkpointed with the weights, so a run resumed from `run_dir` (a path, or ``True`` for the
+    chapter's default folder keyed on config, policy and seed) replays exactly.
     """
+    if not isinstance(cfg, LMConfig):
+        raise TypeError(f"cfg must be an LMConfig; got {type(cfg).__name__}")
+    seed = _check.integer("seed", seed)
     world = cfg.mixture(seed)
     policy = make_policy(kind, world.names, cfg.prior, cfg.ado)
     torch.manual_seed(seed)                                   # the initial weights
@@ -201,14 +222,89 @@ def train_lm(cfg: LMConfig, kind: str, *, seed: int, device="cpu", desc: str | N
     def on_step(step, net):
         policy.observe(*batch_stats[0])
 
+    run_dir = resolve_run_dir(run_dir, "ado", f"{cfg.world}-{kind}", dataclasses.asdict(cfg), kind, seed)
     t0 = time.perf_counter()
     result = train(model, loss_fn, cfg.train, seed=seed, desc=desc or f"training ({kind})", device=device,
-                   on_step=on_step)
+                   on_step=on_step, state=policy, run_dir=run_dir, progress=progress)
     seconds = time.perf_counter() - t0
     val = domain_losses(result.model, world.validation(cfg.n_val, seed))
     rec = policy.record()
     rec.update(kind=kind, val=val, excess=val - world.entropies, entropies=world.entropies,
-               seconds=seconds, train_losses=result.losses.numpy(),
+               seconds=seconds, train_losses=result.losses.numpy(), resumed_from=result.resumed_from,
                fit_seconds=getattr(policy, "fit_seconds", 0.0),
                policy_seconds=getattr(policy, "policy_seconds", 0.0))
     return rec
+
+
+def largest_dip(series) -> float:
+    """The largest drop of a series below its running maximum (0 for a non-decreasing series)."""
+    x = _check.array("series", series, ndim=1, min_len=1)
+    return float((np.maximum.accumulate(x) - x).max())
+
+
+def _single_threaded():
+    torch.set_num_threads(1)
+
+
+def _train_job(cfg: LMConfig, kind: str, seed: int, device, run_dir, progress: bool) -> dict:
+    return train_lm(cfg, kind, seed=seed, device=device, run_dir=run_dir, progress=progress,
+                    desc=f"{cfg.world}: {kind}")
+
+
+def run_experiments(cfg: ChapterConfig, *, seed: int, device="cpu", run_dir=True) -> dict[str, dict]:
+    """Every policy on the main world and on the delayed-learning world:
+    ``{"languages": {kind: record}, "delayed": {kind: record}}``.
+
+    With ``cfg.workers`` > 1 the runs go to that many single-threaded worker processes, which
+    train without bars of their own; one bar here counts the finished runs."""
+    if not isinstance(cfg, ChapterConfig):
+        raise TypeError(f"cfg must be a ChapterConfig; got {type(cfg).__name__}")
+    seed = _check.integer("seed", seed)
+    kinds = {"languages": cfg.policies, "delayed": cfg.delayed_policies}
+    jobs = [(world, kind) for world in kinds for kind in kinds[world]]
+    lm = {"languages": cfg.lm, "delayed": cfg.delayed}
+    if cfg.workers <= 1:
+        done = {job: _train_job(lm[job[0]], job[1], seed, device, run_dir, True) for job in jobs}
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        from tqdm.auto import tqdm
+        with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_single_threaded) as pool:
+            futures = {pool.submit(_train_job, lm[world], kind, seed, device, run_dir, False): (world, kind)
+                       for world, kind in jobs}
+            with tqdm(total=len(jobs), desc=f"training runs ({cfg.workers} processes)") as bar:
+                for _ in as_completed(futures):
+                    bar.update(1)
+            done = {job: future.result() for future, job in futures.items()}
+    return {world: {kind: done[world, kind] for kind in kinds[world]} for world in kinds}
+
+
+def sim_policies(cfg: SimConfig, seed: int, kinds: Sequence[str] = ("natural", "uniform", "ado")) -> dict:
+    """The simulated world under each policy: {kind: record}."""
+    names, prior = [d.name for d in SIM_WORLD], [d.prior for d in SIM_WORLD]
+    return {kind: simulate(make_policy(kind, names, prior, cfg.ado), cfg=cfg, seed=seed) for kind in kinds}
+
+
+def sim_claim_holds(sims: dict) -> bool:
+    """Claim C5 on one seed: excess ADO < uniform < natural and final π(hard) ≥ 0.5."""
+    ex_ = {k: sims[k]["excess"].mean() for k in ("natural", "uniform", "ado")}
+    return bool(ex_["ado"] < ex_["uniform"] < ex_["natural"] and sims["ado"]["pi"][-1][-1] >= 0.5)
+
+
+def contrasting_seed(cfg: SimConfig, seed: int, holds: bool, seeds: Sequence[int] = range(8)):
+    """The first of `seeds` (other than `seed`) on which C5 goes the other way, with its runs:
+    ``(seed, sims)``, or None when every seed goes the same way."""
+    for other in seeds:
+        if other != seed:
+            sims = sim_policies(cfg, other)
+            if sim_claim_holds(sims) != holds:
+                return other, sims
+    return None
+
+
+def with_alpha_min(cfg: SimConfig, alpha_min: float) -> SimConfig:
+    """`cfg` with ADO's floor on the fitted exponent (used for slopes) set to `alpha_min`."""
+    bounds = dataclasses.replace(cfg.ado.bounds, alpha_min=alpha_min)     # FitBounds checks it
+    return dataclasses.replace(cfg, ado=dataclasses.replace(cfg.ado, bounds=bounds))

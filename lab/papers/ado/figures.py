@@ -75,17 +75,20 @@ def _domain_panel(ax, rec: dict, k: int, refit: "ado.Refit", step: int):
     ax.tick_params(labelsize=7)
 
 
-def mixture_explorer(records: dict, scale: str, seed: int) -> Explorer:
-    """Stacked π(t) with a step slider (one stop per refit); beside it, each domain's loss history
-    (excess over its entropy rate), the smoothed points the refit saw and the fitted law (dashed),
-    with the slope g·n at that step (α floored at 0.05)."""
+def mixture_explorer(records: dict, scale: str, seed: int, every: int = 1) -> Explorer:
+    """Stacked π(t) with a step slider (one stop per `every`-th refit); beside it, each domain's
+    loss history (excess over its entropy rate), the smoothed points the refit saw and the fitted
+    law (dashed), with the slope g·n at that step (α floored at 0.05). ``reference`` overlays the
+    natural or uniform mixture (dotted boundaries) and its final excess loss beside ADO's."""
     rec = records["ado"]
+    every = _check.integer("every", every, low=1)
     refits = {r.step: r for r in rec["refits"] if all(law is not None for law in r.laws)}
     if not refits:
         raise ValueError("records['ado'] holds no complete refit to show")
     K = len(rec["names"])
+    references = ["none"] + [k for k in ("natural", "uniform") if k in records]
 
-    def render(step):
+    def render(step, reference):
         from matplotlib.figure import Figure
         from matplotlib.gridspec import GridSpec
         fig = Figure(figsize=(10, 3.6), layout="constrained")
@@ -95,16 +98,24 @@ def mixture_explorer(records: dict, scale: str, seed: int) -> Explorer:
         t = np.arange(len(rec["pi"]))
         for k in range(K):
             ax.plot(t, np.cumsum(rec["rho"], 1)[:, k], color="k", lw=0.5, ls="--", alpha=0.5)
-        ax.set_title(f"π(t) (dashed: cumulative ρ), step {step}: "
-                     + ", ".join(f"{p:.2f}" for p in rec["pi"][min(step, len(t) - 1)]), fontsize=8)
+        title = (f"π(t) (dashed: cumulative ρ), step {step}: "
+                 + ", ".join(f"{p:.2f}" for p in rec["pi"][min(step, len(t) - 1)]))
+        if reference != "none":
+            ref = records[reference]
+            for edge in np.cumsum(ref["pi"][-1])[:-1]:
+                ax.axhline(edge, color="w", lw=1.2, ls=":")
+            title += (f"\ndotted: {reference} mixture; final mean excess {reference} "
+                      f"{ref['excess'].mean():.4f}, ADO {rec['excess'].mean():.4f}")
+        ax.set_title(title, fontsize=8)
         ax.legend(loc="upper left", fontsize=7, frameon=False, reverse=True)
         for k in range(K):
             _domain_panel(fig.add_subplot(gs[k // 2, 2 + k % 2]), rec, k, refits[step], step)
         stamp(fig, scale, seed, "right: loss − H vs n; dashed: fitted law")
         return fig
 
-    steps = sorted(refits)
-    return Explorer(render, {"step": steps}, title="ADO: mixture weights over training",
+    steps = sorted(refits)[::every]
+    return Explorer(render, {"step": steps, "reference": references},
+                    title="ADO: mixture weights over training",
                     defaults={"step": steps[len(steps) // 2]})
 
 
@@ -162,5 +173,79 @@ def sim_figure(sims: dict, scale: str, seed: int):
     axes[1].bar(kinds, [sims[k]["excess"].mean() for k in kinds],
                 color=[POLICY_COLOURS.get(k, "#777777") for k in kinds])
     axes[1].set(ylabel="mean excess loss L − ε", title="final mean excess (known curves)")
+    stamp(fig, scale, seed)
+    return fig
+
+
+def _fit_panel(ax, rec: dict, k: int, refit: ado.Refit, colour: str, label: str, alpha_min: float):
+    """One domain's smoothed points as a refit saw them, and the law it fitted."""
+    ax.plot(refit.n[k], refit.smoothed[k], ".", ms=2, color=colour)
+    law = refit.laws[k]
+    if law is not None:
+        n = refit.n[k]
+        ax.plot(n, law(n), color=colour, lw=1, ls="--",
+                label=f"{label}: ε̂ {law.eps:.2f}, α̂ {law.alpha:.3f}, g·n {law.slope(n[-1], alpha_min) * n[-1]:.3f}")
+
+
+def sim_contrast_figure(runs: dict, scale: str, note: str = ""):
+    """Two seeds of the simulated world side by side, `runs` = {label: (seed, ADO record)}: per
+    seed ADO's π(t), the `noise` domain's first and last fits, and every domain's slope g·n at
+    each refit (α floored as in the config)."""
+    if not 1 <= len(runs) <= 2:
+        raise ValueError(f"runs must hold one or two seeds; got {len(runs)}")
+    fig, axes = figure(ncols=3, nrows=len(runs), width=11, height=2.5 * len(runs))
+    axes = np.atleast_2d(axes)
+    for row, (label, (seed, rec)) in zip(axes, runs.items()):
+        names, refits = rec["names"], [r for r in rec["refits"] if r.laws[0] is not None]
+        _stack(row[0], rec["pi"], names)
+        row[0].set_title(f"{label} (seed {seed}): π(t); final mean excess {rec['excess'].mean():.3f}",
+                         fontsize=8)
+        row[0].legend(loc="upper left", fontsize=6, frameon=False, reverse=True)
+        alpha_min = rec["alpha_min"]
+        for r, colour, what in ((refits[0], "#C44E52", f"refit at step {refits[0].step}"),
+                                (refits[-1], "#4C72B0", f"refit at step {refits[-1].step}")):
+            _fit_panel(row[1], rec, 0, r, colour, what, alpha_min)
+        row[1].set(xscale="log", xlabel="samples seen n", ylabel="noise: smoothed loss")
+        row[1].legend(fontsize=6, frameon=False)
+        row[1].set_title("the flat domain (noise): points the fit saw, fitted law", fontsize=8)
+        steps = [r.step for r in refits]
+        for k, name in enumerate(names):
+            gn = [r.laws[k].slope(r.n[k][-1], alpha_min) * r.n[k][-1] if r.laws[k] is not None else np.nan
+                  for r in refits]
+            row[2].plot(steps, gn, "o-", ms=2, color=_colour(k), label=name)
+        row[2].set(yscale="log", xlabel="step of the refit", ylabel="slope g·n at the refit")
+        row[2].legend(fontsize=6, frameon=False)
+        row[2].set_title("each domain's slope as the policy reads it", fontsize=8)
+    stamp(fig, scale, None, note)
+    return fig
+
+
+def delayed_figure(records: dict, domain: str, scale: str, seed: int):
+    """The delayed-learning trap: `domain`'s training loss (minus its entropy rate, smoothed)
+    under each policy, ADO's π(t), and every policy's final excess per domain."""
+    first = next(iter(records.values()))
+    k = first["names"].index(_check.choice("domain", domain, first["names"]))
+    fig, axes = figure(ncols=3, width=11, height=2.7)
+    for kind, rec in records.items():
+        loss = ado.savgol(np.asarray(rec["loss"])[:, k], 51) - rec["entropies"][k]
+        axes[0].plot(np.arange(1, len(loss) + 1), loss, color=POLICY_COLOURS.get(kind, "#777777"), label=kind)
+    axes[0].set(xlabel="step", ylabel=f"{domain}: training loss − H (smoothed)")
+    axes[0].legend(frameon=False, fontsize=7)
+    axes[0].set_title(f"{domain}: flat for a while, then it falls", fontsize=8)
+    rec = records["ado"]
+    _stack(axes[1], rec["pi"], rec["names"])
+    axes[1].legend(loc="upper left", fontsize=6, frameon=False, reverse=True)
+    axes[1].set_title("ADO's π(t) on this world", fontsize=8)
+    kinds = list(records)
+    names = first["names"] + ["mean"]
+    width = 0.8 / len(kinds)
+    for j, kind in enumerate(kinds):
+        ex_ = records[kind]["excess"]
+        axes[2].bar(np.arange(len(names)) + (j - (len(kinds) - 1) / 2) * width, np.r_[ex_, ex_.mean()], width,
+                    color=POLICY_COLOURS.get(kind, "#777777"), label=kind)
+    axes[2].set_xticks(np.arange(len(names)), names, fontsize=7)
+    axes[2].set(ylabel="validation loss − H")
+    axes[2].set_title("final excess loss, same budget", fontsize=8)
+    axes[2].legend(frameon=False, fontsize=7)
     stamp(fig, scale, seed)
     return fig

@@ -87,7 +87,7 @@ class PowerLaw:
         return self.eps + self.beta * np.asarray(n, dtype=np.float64) ** (-self.alpha)
 
     def slope(self, n, alpha_min: float = 0.0):
-        """The learning potential −dL/dn = α (L(n) − ε)/n, with α floored at `alpha_min`."""
+        """The learning potential −dL/dn = α (L(n) − ε)/n, α floored at `alpha_min`."""
         n = np.asarray(n, dtype=np.float64)
         return max(self.alpha, alpha_min) * (self(n) - self.eps) / n
 
@@ -278,15 +278,17 @@ def clip_min(p, delta_min: float, strict: bool = False) -> np.ndarray:
         low |= newly
 
 
-def preference(prior, credit, slopes, s: float = 0.5, delta_min: float = 0.01) -> np.ndarray:
-    """ρ ∝ μ · h^s · g, normalised and clipped to δ_min (official rule). A slope vector with no
-    positive, finite mass is rejected: the caller keeps its previous policy."""
-    prior, credit = np.asarray(prior, dtype=np.float64), np.asarray(credit, dtype=np.float64)
+def preference(prior, credit, slopes, s: float = 0.5,
+               delta_min: float = 0.01) -> np.ndarray:
+    """ρ ∝ μ · h^s · g, normalised and clipped to δ_min (official rule). A slope
+    vector with no positive, finite mass is rejected: the caller keeps its policy."""
+    prior = np.asarray(prior, dtype=np.float64)
+    credit = np.asarray(credit, dtype=np.float64)
     slopes = np.asarray(slopes, dtype=np.float64)
     raw = prior * np.power(np.clip(credit, 0, None), s) * np.clip(slopes, 0, None)
     total = raw.sum()
     if not np.isfinite(total) or total <= 0:
-        raise ValueError(f"slopes must give a positive, finite preference; got slopes {slopes}")
+        raise ValueError(f"slopes must give a positive, finite total; got {slopes}")
     return clip_min(raw / total, delta_min)
 
 
@@ -296,7 +298,8 @@ def update_credit(credit, shares, gamma1: float = 0.1) -> np.ndarray:
 
 
 def smooth(rho, rho_bar, t: int, gamma2: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """π(t) = γ₂ ρ(t) + (1 − γ₂) ρ̄(t−1); ρ̄(t) = (1 − 1/(t+1)) ρ̄(t−1) + ρ(t)/(t+1). Returns (π, ρ̄)."""
+    """π(t) = γ₂ ρ(t) + (1 − γ₂) ρ̄(t−1); ρ̄(t) = (1 − 1/(t+1)) ρ̄(t−1) + ρ(t)/(t+1).
+    Returns (π, ρ̄)."""
     pi = gamma2 * rho + (1 - gamma2) * rho_bar
     return pi, (1 - 1.0 / (t + 1)) * rho_bar + rho / (t + 1)
 
@@ -355,6 +358,28 @@ class MixturePolicy:
     def record(self) -> dict:
         return {"label": self.label, "names": self.names, "prior": self.prior,
                 "pi": np.array(self.pis), "loss": np.array(self.losses), "counts": np.array(self.counts)}
+
+    # -- checkpointing: the trainer saves this with the weights (``train(..., state=policy)``) ----
+    _HISTORIES = ("counts", "losses", "pis")
+    _VECTORS = ("pi",)
+
+    def state_dict(self) -> dict:
+        """Everything that decides the next weights: float64 tensors (exact) and JSON values."""
+        out: dict = {"step": self.step, "names": self.names}
+        for name in self._VECTORS:
+            out[name] = torch.from_numpy(np.array(getattr(self, name), dtype=np.float64))
+        for name in self._HISTORIES:
+            out[name] = torch.from_numpy(np.array(getattr(self, name), dtype=np.float64).reshape(-1, self.K))
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("names") != self.names:
+            raise ValueError(f"state is of a policy over {state.get('names')}; this one is over {self.names}")
+        self.step = int(state["step"])
+        for name in self._VECTORS:
+            setattr(self, name, state[name].numpy().copy())
+        for name in self._HISTORIES:
+            setattr(self, name, list(state[name].numpy().copy()))
 
 
 class FixedPolicy(MixturePolicy):
@@ -453,16 +478,18 @@ class ADOPolicy(MixturePolicy):
         self.credit = update_credit(self.credit, counts / counts.sum(), c.gamma1)
         t = self.step                              # steps recorded so far
         oracle = self.oracle_slopes is not None
-        if not oracle and t >= c.start_step and (t - c.start_step) % c.update_interval == 0:
+        due = t >= c.start_step and (t - c.start_step) % c.update_interval == 0
+        if due and not oracle:
             self.refit()
             t0 = time.perf_counter()
         if t >= c.start_step and (oracle or self.laws is not None):
             slopes = (self.oracle_slopes if oracle else
-                      np.array([law.slope(n, c.bounds.alpha_min) for law, n in zip(self.laws, self.n)]))
+                      np.array([law.slope(n, c.bounds.alpha_min)
+                                for law, n in zip(self.laws, self.n)]))
             try:
                 self.rho = preference(self.prior, self.credit, slopes, c.s, c.delta_min)
             except ValueError:
-                pass                               # documented fallback: keep the previous ρ
+                pass                   # documented fallback: keep the previous ρ
             self.slopes = slopes
             self.pi, self.rho_bar = smooth(self.rho, self.rho_bar, t, c.gamma2)
         self.rhos.append(self.rho.copy())
@@ -507,6 +534,40 @@ class ADOPolicy(MixturePolicy):
         out.update(rho=np.array(self.rhos), rho_bar=np.array(self.rho_bars), n=np.array(self.ns),
                    refits=self.refits)
         return out
+
+    _HISTORIES = MixturePolicy._HISTORIES + ("ns", "rhos", "rho_bars")
+    _VECTORS = MixturePolicy._VECTORS + ("credit", "rho_bar", "rho", "n", "slopes")
+
+    @staticmethod
+    def _law_array(laws) -> np.ndarray:
+        """(K, 3) of (β, ε, α), NaN for a missing law: stored as fitted, so a reload is exact."""
+        return np.array([[np.nan] * 3 if law is None else [law.beta, law.eps, law.alpha] for law in laws])
+
+    @staticmethod
+    def _laws_of(array) -> list:
+        return [None if np.isnan(row).any() else PowerLaw(*map(float, row)) for row in np.asarray(array)]
+
+    def state_dict(self) -> dict:
+        out = super().state_dict()
+        out.update(fit_seconds=self.fit_seconds, policy_seconds=self.policy_seconds,
+                   refit_steps=[r.step for r in self.refits], refit_seconds=[r.seconds for r in self.refits],
+                   has_laws=self.laws is not None)
+        if self.laws is not None:
+            out["laws"] = torch.from_numpy(self._law_array(self.laws))
+        for i, r in enumerate(self.refits):
+            out[f"refit{i}/laws"] = torch.from_numpy(self._law_array(r.laws))
+            out[f"refit{i}/n"] = torch.from_numpy(np.asarray(r.n, dtype=np.float64))
+            out[f"refit{i}/smoothed"] = torch.from_numpy(np.asarray(r.smoothed, dtype=np.float64))
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.fit_seconds, self.policy_seconds = float(state["fit_seconds"]), float(state["policy_seconds"])
+        self.laws = self._laws_of(state["laws"].numpy()) if state["has_laws"] else None
+        self.refits = [Refit(int(step), self._laws_of(state[f"refit{i}/laws"].numpy()),
+                             state[f"refit{i}/n"].numpy().copy(), state[f"refit{i}/smoothed"].numpy().copy(),
+                             float(seconds))
+                       for i, (step, seconds) in enumerate(zip(state["refit_steps"], state["refit_seconds"]))]
 
 
 def make_policy(kind: str, names: Sequence[str], prior, ado: ADOConfig | None = None,
