@@ -207,9 +207,10 @@ def pair_figure(probe: dict, scale: str, seed: int):
         ax = fig.add_subplot(gs[1, 2 * k + 1:2 * k + 3] if k else gs[1, :3])
         ax.axis("off")
         lines = [f"{c:+.2f}  {t.replace('the first is ', '… ')}" for t, c in probe["top"][name]]
-        ax.text(0, 1, f"{name}: highest-scoring difference texts\n" + "\n".join(lines),
-                va="top", fontsize=7, family="monospace",
-                color="black" if name == "base" else PALETTE["accent"])
+        text = ax.text(0, 1, f"{name}: highest-scoring difference texts\n" + "\n".join(lines),
+                       va="top", fontsize=7, family="monospace",
+                       color="black" if name == "base" else PALETTE["accent"])
+        text.set_in_layout(False)      # a long line may run past its column; keep the layout
     stamp(fig, scale, seed)
     return fig
 
