@@ -90,10 +90,11 @@ def test_no_raw_tex_progress_fragments_or_tracebacks(chapter):
     code = " ".join(re.findall(r"<pre\b.*?</pre>", dom, flags=re.S))     # listings may hold TeX
     raw = [m.group(0) for m in RAW_TEX.finditer(text) if m.group(0) not in visible_text(code)]
     assert not raw, f"raw TeX in the page: {raw[:5]}"
-    outputs = " ".join(re.findall(r'<div class="cell_output.*?</div>\s*</div>', dom, flags=re.S))
-    assert not PROGRESS.search(visible_text(outputs)), "a text progress bar leaked into an output"
-    warned = WARNING.search(visible_text(outputs))
-    assert not warned, f"a warning leaked into an output: {visible_text(outputs)[warned.start():][:120]}"
+    outputs = visible_text(" ".join(re.findall(r'<div class="cell_output.*?</div>\s*</div>', dom,
+                                               flags=re.S)))
+    assert not PROGRESS.search(outputs), "a text progress bar leaked into an output"
+    warned = WARNING.search(outputs)
+    assert not warned, f"a warning leaked into an output: {outputs[warned.start():][:120]}"
     assert "Traceback (most recent call last)" not in text
 
 
