@@ -14,6 +14,11 @@ shortlisted token, all are scored exactly and the search moves to the best one, 
 worse than where it stands; the best prompt seen is kept. :func:`swap_estimates` and
 :func:`exact_swap_changes` give the first-order estimate and the true change of every single swap,
 the two sides of the question "is the gradient right?".
+
+Three more searches share the bookkeeping: :func:`pez` (projected gradient steps on a soft
+prompt, Wen et al. 2023), :func:`random_search` (single-token swaps without a gradient, the
+current prompt kept as a candidate) and :func:`autodan` (grow the prompt token by token,
+ranking tokens by gradient plus an optional language-model prior; greedy or beam).
 """
 from __future__ import annotations
 
@@ -90,14 +95,16 @@ def shortlist(grad: torch.Tensor, k: int, allowed=None) -> torch.Tensor:
 def gcg(loss: Callable[[torch.Tensor], torch.Tensor], grad: Callable[[torch.Tensor], torch.Tensor],
         init: Sequence[int] | torch.Tensor, *, steps: int, k: int, batch: int, allowed=None,
         positions: str = "uniform", generator: torch.Generator | None = None,
-        on_step: Callable[[dict], None] | None = None) -> SearchResult:
+        on_step: Callable[[dict], None] | None = None, exclude_current: bool = False) -> SearchResult:
     """Greedy coordinate gradient from ``init`` for ``steps`` steps.
 
     Each step: ``G = grad(x)``; shortlist the top-``k`` allowed tokens of ``−G`` per position;
     build ``batch`` candidates, candidate ``b`` changing position ``p_b`` (drawn uniformly, or
     ``⌊b·s/batch⌋`` with ``positions="even"``) to a token drawn uniformly from that position's
     shortlist; score all exactly and move to the best, even if worse than ``x``. A candidate whose
-    drawn token is the one already there equals ``x``; it is scored like any other.
+    drawn token is the one already there equals ``x``; it is scored like any other, unless
+    ``exclude_current``: then each position's shortlist leaves out the token already there, so
+    every candidate differs from ``x`` in exactly one position (x itself is never a candidate).
     """
     x = _check_tokens(init)
     _check.integer("steps", steps, low=1)
@@ -114,6 +121,13 @@ def gcg(loss: Callable[[torch.Tensor], torch.Tensor], grad: Callable[[torch.Tens
         calls += 1
         if g.shape[0] != s:
             raise ValueError(f"grad returned {g.shape[0]} positions for a prompt of {s}")
+        if exclude_current:
+            g = g.detach().float().clone()
+            g[torch.arange(s), x] = float("inf")
+            mask = _allowed_mask(allowed, g.shape[1]).clone()
+            if k > int(mask.sum()) - 1:
+                raise ValueError(f"k = {k} is larger than the {int(mask.sum()) - 1} allowed tokens "
+                                 "other than the current one")
         short = shortlist(g, k, allowed)
         if positions == "even":
             pos = torch.arange(batch) * s // batch
@@ -180,3 +194,198 @@ def exact_swap_changes(loss: Callable[[torch.Tensor], torch.Tensor],
     out = torch.full((s, vocab), float("nan"))
     out[:, ids] = (_losses(loss, candidates) - base).view(s, len(ids))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# PEZ: a continuous prompt, snapped to the vocabulary for every gradient
+# ---------------------------------------------------------------------------------------------
+def project(embeddings: torch.Tensor, table: torch.Tensor, allowed=None) -> torch.Tensor:
+    """Row-wise nearest allowed vocabulary row by **cosine**: ``(s,)`` ids for ``(s, d)`` rows
+    (PEZ's ``Proj_E``). Disallowed ids are masked, never returned."""
+    if table.dim() != 2:
+        raise ValueError(f"table must be a (vocabulary, width) matrix; got shape {tuple(table.shape)}")
+    if embeddings.dim() != 2 or embeddings.shape[1] != table.shape[1]:
+        raise ValueError(f"embeddings must be (positions, {table.shape[1]}); got shape "
+                         f"{tuple(embeddings.shape)}")
+    mask = _allowed_mask(allowed, table.shape[0]).to(table.device)
+    e = embeddings.detach()
+    t = table.detach().to(e.dtype)
+    cos = torch.nn.functional.normalize(e, dim=1) @ torch.nn.functional.normalize(t, dim=1).T
+    return cos.masked_fill(~mask, float("-inf")).argmax(dim=1)
+
+
+def pez(value_and_grad: Callable[[torch.Tensor], tuple], table: torch.Tensor, *, length: int,
+        steps: int, lr: float = 0.1, weight_decay: float = 0.1, allowed=None,
+        init: Sequence[int] | torch.Tensor | None = None, generator: torch.Generator | None = None,
+        on_step: Callable[[dict], None] | None = None) -> SearchResult:
+    """PEZ (Wen et al. 2023, arXiv 2302.03668): a soft prompt ``P`` (``length × d``, initialised
+    with the table's rows at ``init`` or at uniformly drawn allowed ids) takes AdamW steps
+    (``lr``, ``weight_decay``) whose gradient is evaluated at its projection ``P̃ = E[Proj_E(P)]``.
+
+    ``value_and_grad(ids)`` maps the projected prompt's ``(s,)`` ids to ``(loss, ∂ℓ/∂P̃)`` with
+    ``∂ℓ/∂P̃`` of shape ``(s, d)``: one gradient pass, which also evaluates the decoded prompt
+    exactly (``evaluations = gradient_calls = steps``). The best decoded prompt seen is kept.
+    Trace entries also hold ``"soft"``, the soft prompt before the step."""
+    if table.dim() != 2:
+        raise ValueError(f"table must be a (vocabulary, width) matrix; got shape {tuple(table.shape)}")
+    _check.integer("length", length, low=1)
+    _check.integer("steps", steps, low=1)
+    _check.real("lr", lr, low=0, low_open=True)
+    _check.real("weight_decay", weight_decay, low=0)
+    if not callable(value_and_grad):
+        raise TypeError("value_and_grad must be a callable: ids -> (loss, gradient at E[ids])")
+    mask = _allowed_mask(allowed, table.shape[0])
+    if init is None:
+        ids = mask.nonzero().flatten()
+        init = ids[torch.randint(len(ids), (length,), generator=generator)]
+    x = _check_tokens(init)
+    if len(x) != length:
+        raise ValueError(f"init has {len(x)} tokens but length = {length}")
+    if not bool(mask[x].all()):
+        raise ValueError("init holds token ids that are not allowed")
+    soft = table.detach()[x].clone().requires_grad_(True)
+    opt = torch.optim.AdamW([soft], lr=lr, weight_decay=weight_decay)
+    best, best_loss, trace = None, float("inf"), []
+    for step in range(1, steps + 1):
+        ids = project(soft, table, mask)
+        value, g = value_and_grad(ids)
+        g = torch.as_tensor(g)
+        if g.shape != soft.shape:
+            raise ValueError(f"value_and_grad returned a gradient of shape {tuple(g.shape)}; "
+                             f"the prompt is {tuple(soft.shape)}")
+        current = float(value)
+        if current < best_loss:
+            best, best_loss = ids.clone(), current
+        entry = {"step": step, "tokens": ids.clone(), "loss": current, "best_loss": best_loss,
+                 "evaluations": step, "soft": soft.detach().clone()}
+        soft.grad = g.detach().to(soft.dtype).clone()
+        opt.step()
+        trace.append(entry)
+        if on_step is not None:
+            on_step(entry)
+    return SearchResult(best, best_loss, steps, steps, trace)
+
+
+# ---------------------------------------------------------------------------------------------
+# Random search (no gradient) and AutoDAN (grow the prompt one token at a time)
+# ---------------------------------------------------------------------------------------------
+BALLS = ("l0", "l2")
+
+
+def random_search(loss: Callable[[torch.Tensor], torch.Tensor], init: Sequence[int] | torch.Tensor,
+                  *, steps: int, batch: int, vocab: int, allowed=None, ball: str = "l0",
+                  table: torch.Tensor | None = None, radius: int | None = None,
+                  generator: torch.Generator | None = None,
+                  on_step: Callable[[dict], None] | None = None) -> SearchResult:
+    """Random search: each step builds ``batch`` candidates, each changing one uniformly chosen
+    position to a token drawn uniformly from the allowed vocabulary (``ball="l0"``) or from the
+    ``radius`` allowed tokens nearest in **Euclidean** distance (rows of ``table``) to the token
+    there (``ball="l2"``; default radius max(256, ⌊0.05|T|⌋), capped at the allowed count). The
+    current prompt joins as one more candidate (its loss is known, not re-evaluated), so the
+    loss never increases. Evaluations: 1 + steps·batch."""
+    x = _check_tokens(init)
+    _check.integer("steps", steps, low=1)
+    _check.integer("batch", batch, low=1)
+    _check.choice("ball", ball, BALLS)
+    if not callable(loss):
+        raise TypeError("loss must be a callable (see the module docstring)")
+    _check.integer("vocab", vocab, low=1)
+    if table is not None and table.shape[0] != vocab:
+        raise ValueError(f"table has {table.shape[0]} rows but vocab = {vocab}")
+    if int(x.max()) >= vocab:
+        raise ValueError(f"init holds ids outside 0..{vocab - 1}")
+    mask = _allowed_mask(allowed, vocab)
+    ids = mask.nonzero().flatten()
+    near = None
+    if ball == "l2":
+        if table is None:
+            raise ValueError("ball='l2' needs table (the embedding rows that define distance)")
+        r = max(256, int(0.05 * table.shape[0])) if radius is None else radius
+        r = min(_check.integer("radius", r, low=1), len(ids))
+        dist = torch.cdist(table.detach().float(), table.detach().float()[ids])
+        near = ids[dist.topk(r, dim=1, largest=False).indices]          # (V, r)
+    current = float(_losses(loss, x[None])[0])
+    best, best_loss, evaluations, trace = x.clone(), current, 1, []
+    s = len(x)
+    for step in range(1, steps + 1):
+        pos = torch.randint(s, (batch,), generator=generator)
+        if near is None:
+            new = ids[torch.randint(len(ids), (batch,), generator=generator)]
+        else:
+            new = near[x[pos], torch.randint(near.shape[1], (batch,), generator=generator)]
+        candidates = x.repeat(batch, 1)
+        candidates[torch.arange(batch), pos] = new
+        values = _losses(loss, candidates)
+        evaluations += batch
+        i = int(values.argmin())
+        if float(values[i]) < current:
+            x, current = candidates[i].clone(), float(values[i])
+        if current < best_loss:
+            best, best_loss = x.clone(), current
+        entry = {"step": step, "tokens": x.clone(), "loss": current, "best_loss": best_loss,
+                 "evaluations": evaluations}
+        trace.append(entry)
+        if on_step is not None:
+            on_step(entry)
+    return SearchResult(best, best_loss, evaluations, 0, trace)
+
+
+def autodan(loss: Callable[[torch.Tensor], torch.Tensor], grad: Callable[[torch.Tensor], torch.Tensor],
+            *, steps: int, batch: int, vocab: int, allowed=None, beam: int = 1,
+            prior: Callable[[torch.Tensor], torch.Tensor] | None = None, weight: float = 1.0,
+            dummy: int = 0, on_step: Callable[[dict], None] | None = None) -> SearchResult:
+    """AutoDAN as the FUSE code runs it: grow the prompt left to right, one token per step.
+
+    Step t, for each kept prefix: append the ``dummy`` token, take the one-hot gradient
+    ``G = grad(prefix + [dummy])`` and score every allowed token ``v`` by
+    ``−G[t, v] + weight·z_v`` with ``z = prior(prefix)`` (next-token logits, ``(vocab,)``; zero
+    without a prior); the top ``batch`` tokens are scored exactly as ``prefix + [v]``. The
+    ``beam`` best sequences over all prefixes are kept (``beam=1``: greedy). Evaluations: the
+    exact scores; gradient calls: one per kept prefix per step."""
+    _check.integer("steps", steps, low=1)
+    _check.integer("batch", batch, low=1)
+    _check.integer("vocab", vocab, low=1)
+    _check.integer("beam", beam, low=1)
+    _check.real("weight", weight)
+    _check.integer("dummy", dummy, low=0, high=vocab - 1)
+    if not callable(loss) or not callable(grad):
+        raise TypeError("loss and grad must be callables (see the module docstring)")
+    if prior is not None and not callable(prior):
+        raise TypeError("prior must be None or a callable: prefix ids -> next-token logits")
+    mask = _allowed_mask(allowed, vocab)
+    if batch > int(mask.sum()):
+        raise ValueError(f"batch = {batch} is larger than the {int(mask.sum())} allowed tokens")
+    beams = [(torch.zeros(0, dtype=torch.long), float("inf"))]
+    best, best_loss, evaluations, calls, trace = None, float("inf"), 0, 0, []
+    for step in range(1, steps + 1):
+        pool, pool_loss = [], []
+        for prefix, _ in beams:
+            x = torch.cat([prefix, torch.tensor([dummy])])
+            g = torch.as_tensor(grad(x)).detach().float()
+            calls += 1
+            if g.shape != (len(x), vocab):
+                raise ValueError(f"grad returned shape {tuple(g.shape)}; expected ({len(x)}, {vocab})")
+            score = -g[-1]
+            if prior is not None and weight != 0:
+                z = torch.as_tensor(prior(prefix)).detach().float().flatten()
+                if z.numel() != vocab:
+                    raise ValueError(f"prior returned {z.numel()} logits; expected {vocab}")
+                score = score + weight * z
+            top = score.masked_fill(~mask, float("-inf")).topk(batch).indices
+            candidates = torch.cat([prefix.repeat(batch, 1), top[:, None]], dim=1)
+            values = _losses(loss, candidates)
+            evaluations += batch
+            pool += list(candidates)
+            pool_loss.append(values)
+        values = torch.cat(pool_loss)
+        order = torch.sort(values, stable=True).indices[:beam]
+        beams = [(pool[int(i)].clone(), float(values[i])) for i in order]
+        x, current = beams[0]
+        if current < best_loss:
+            best, best_loss = x.clone(), current
+        entry = {"step": step, "tokens": x.clone(), "loss": current, "best_loss": best_loss,
+                 "evaluations": evaluations}
+        trace.append(entry)
+        if on_step is not None:
+            on_step(entry)
+    return SearchResult(best, best_loss, evaluations, calls, trace)
