@@ -340,8 +340,10 @@ def autodan(loss: Callable[[torch.Tensor], torch.Tensor], grad: Callable[[torch.
     ``G = grad(prefix + [dummy])`` and score every allowed token ``v`` by
     ``−G[t, v] + weight·z_v`` with ``z = prior(prefix)`` (next-token logits, ``(vocab,)``; zero
     without a prior); the top ``batch`` tokens are scored exactly as ``prefix + [v]``. The
-    ``beam`` best sequences over all prefixes are kept (``beam=1``: greedy). Evaluations: the
-    exact scores; gradient calls: one per kept prefix per step."""
+    ``beam`` best sequences over all prefixes are kept (``beam=1``: greedy). The result is the
+    best sequence of the last step, so the prompt has ``steps`` tokens (``best_loss`` in the trace
+    still tracks the best prefix seen). Evaluations: the exact scores; gradient calls: one per
+    kept prefix per step."""
     _check.integer("steps", steps, low=1)
     _check.integer("batch", batch, low=1)
     _check.integer("vocab", vocab, low=1)
@@ -356,7 +358,7 @@ def autodan(loss: Callable[[torch.Tensor], torch.Tensor], grad: Callable[[torch.
     if batch > int(mask.sum()):
         raise ValueError(f"batch = {batch} is larger than the {int(mask.sum())} allowed tokens")
     beams = [(torch.zeros(0, dtype=torch.long), float("inf"))]
-    best, best_loss, evaluations, calls, trace = None, float("inf"), 0, 0, []
+    best_loss, evaluations, calls, trace = float("inf"), 0, 0, []
     for step in range(1, steps + 1):
         pool, pool_loss = [], []
         for prefix, _ in beams:
@@ -381,11 +383,10 @@ def autodan(loss: Callable[[torch.Tensor], torch.Tensor], grad: Callable[[torch.
         order = torch.sort(values, stable=True).indices[:beam]
         beams = [(pool[int(i)].clone(), float(values[i])) for i in order]
         x, current = beams[0]
-        if current < best_loss:
-            best, best_loss = x.clone(), current
+        best_loss = min(best_loss, current)
         entry = {"step": step, "tokens": x.clone(), "loss": current, "best_loss": best_loss,
                  "evaluations": evaluations}
         trace.append(entry)
         if on_step is not None:
             on_step(entry)
-    return SearchResult(best, best_loss, evaluations, calls, trace)
+    return SearchResult(beams[0][0].clone(), beams[0][1], evaluations, calls, trace)

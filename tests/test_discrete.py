@@ -274,6 +274,7 @@ def test_autodan_with_a_full_batch_equals_brute_force_greedy():
         prefix.append(allowed[min(range(len(allowed)), key=values.__getitem__)])
         assert entry["tokens"].tolist() == prefix and len(entry["tokens"]) == t
     assert res.evaluations == 4 * len(allowed) and res.gradient_calls == 4
+    assert res.tokens.tolist() == prefix and res.loss == pytest.approx(res.trace[-1]["loss"])
 
 
 def test_autodan_beam_one_is_greedy_and_a_constant_prior_changes_nothing():
