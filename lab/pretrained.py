@@ -110,3 +110,53 @@ def zero_shot_predictions(image_emb: torch.Tensor, class_emb: torch.Tensor) -> n
         raise ValueError(f"image_emb and class_emb must share their width; got "
                          f"{image_emb.shape[-1]} and {class_emb.shape[-1]}")
     return (image_emb @ class_emb.T).argmax(dim=1).cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# A word-level language model of the captions (the prompt chapters' prior over next words)
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class WordLMConfig:
+    """One pre-LN GPT layer (d 64, 4 heads, MLP 128, GELU) over the word vocabulary, trained on
+    next-word cross-entropy of the 7-word captions (+ ``<eos>``): AdamW 2e−3, 300 × 128."""
+    batch: int = 128
+    context: int = 20
+    d_model: int = 64
+    n_heads: int = 4
+    d_mlp: int = 128
+    train: TrainConfig = TrainConfig(steps=300, lr=2e-3, progress_every=50, optimizer="adamw",
+                                     weight_decay=0.01)
+
+    def __post_init__(self):
+        _check.integer("batch", self.batch, low=1)
+
+
+def caption_ids(n: int, rng) -> torch.Tensor:
+    """Word ids of `n` sampled captions, each followed by ``<eos>``: (n, 8)."""
+    attrs = shapes.sample_attributes(n, rng)
+    words = [shapes.caption(a).split() + ["<eos>"] for a in attrs]
+    index = {w: i for i, w in enumerate(shapes.VOCAB)}
+    return torch.tensor([[index[w] for w in ws] for ws in words])
+
+
+def pretrained_word_lm(seed: int = 0, config: WordLMConfig = WordLMConfig(), *, device="cpu"):
+    """The shapes world's word-level language model for `seed`, trained once and cached on disk
+    (a :class:`lab.nn.gpt.GPT`; ``model(ids)`` gives next-word logits)."""
+    from .nn.gpt import GPT, GPTConfig, sequence_losses
+    seed = _check.integer("seed", seed)
+    torch.manual_seed(seed)
+    gpt = GPTConfig(vocab=len(shapes.VOCAB), context=config.context, d_model=config.d_model,
+                    n_layers=1, n_heads=config.n_heads, d_mlp=config.d_mlp)
+    model = GPT(gpt).to(device)
+
+    def loss_fn(net, generator):
+        ids = caption_ids(config.batch, batch_rng(generator)).to(device)
+        return sequence_losses(net, ids).mean()
+
+    run_dir = resolve_run_dir(True, WORLD, "word-lm", dataclasses.asdict(config), seed,
+                              list(shapes.VOCAB))
+    model = train(model, loss_fn, config.train, seed=seed, run_dir=run_dir,
+                  desc=f"word LM (seed {seed})", device=device).model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
