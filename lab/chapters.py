@@ -34,7 +34,7 @@ CHAPTERS = (
     Chapter("context-inversion", "Context-parametric inversion in instruction tuning", "2410.10796",
             True),
     Chapter("clip-differences", "Finetuning CLIP to reason about differences", "2409.09721", True),
-    Chapter("prompt-recovery", "Prompt recovery for image generation", "2408.06502", False),
+    Chapter("prompt-recovery", "Prompt recovery for image generation", "2408.06502", True),
     Chapter("fuse", "Unifying embedding spaces across tokenizers", "2408.04816", False),
 )
 

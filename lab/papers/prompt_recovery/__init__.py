@@ -1,0 +1,1 @@
+"""Prompt recovery for image generation models (Williams, Schwarzschild, Kolter 2024)."""
