@@ -89,11 +89,17 @@ def source_hash(chapter: str | None = None) -> str:
     return _hash_of(stamps)
 
 
+REGISTRY = LAB / "chapters.py"
+
+
 def chapter_sources(chapter: str) -> list[Path]:
     """The ``lab`` files a chapter's run can execute: the transitive ``lab`` imports (static,
     read from the source, including imports inside functions) of the chapter's folder
     ``lab/papers/<package>`` and of the code cells of ``book/<chapter>.ipynb`` when the checkout
-    has it. Importing a module also runs its packages' ``__init__.py``; those count too."""
+    has it. Importing a module also runs its packages' ``__init__.py``; those count too.
+    ``lab/chapters.py``, the registry of ids, titles, papers and ready flags, is left out: it
+    imports no ``lab`` code (tests/test_layout.py), and marking another chapter ready must not
+    make this one's record look measured on other code."""
     if not isinstance(chapter, str) or not chapter.strip():
         raise ValueError(f"chapter must be a chapter id such as 'ect'; got {chapter!r}")
     own = LAB / "papers" / chapter.replace("-", "_")
@@ -104,14 +110,14 @@ def chapter_sources(chapter: str) -> list[Path]:
     notebook = root / "book" / f"{chapter}.ipynb" if root is not None else None
     if notebook is not None and notebook.exists():
         todo += _module_files(_notebook_imports(notebook))
-    seen: set[Path] = set()
+    seen: set[Path] = {REGISTRY}          # titles and ready flags cannot change a result
     while todo:
         f = todo.pop()
         if f in seen:
             continue
         seen.add(f)
         todo += _module_files(_imports_of(f.read_text(), _package_of(f)))
-    return sorted(seen)
+    return sorted(seen - {REGISTRY})
 
 
 def _package_of(f: Path) -> list[str]:

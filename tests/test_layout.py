@@ -243,3 +243,13 @@ def test_a_chapters_source_hash_covers_what_it_can_import_and_nothing_else(tmp_p
         assert paths.source_hash("ect") != before
     with pytest.raises(ValueError, match="chapter"):
         paths.chapter_sources("no-such-chapter")
+
+
+def test_the_chapter_registry_is_data_and_stays_out_of_the_hashes():
+    """Marking a chapter ready edits lab/chapters.py; no record may go stale for it, which is
+    sound only while the registry runs no lab code."""
+    from lab import paths
+    source = (paths.LAB / "chapters.py").read_text()
+    assert not re.search(r"^\s*(from\s+(\.|lab)|import\s+lab)", source, re.M), "chapters.py imports lab code"
+    for chapter in ("ect", "ado"):
+        assert paths.REGISTRY not in paths.chapter_sources(chapter)
