@@ -190,7 +190,7 @@ def pair():
 
 def test_lengths_of_a_caption_add_up_to_Bs_length_without_eos(pair):
     task = ex.Captioning(pair, ex.fit_maps(pair), S.images_with_captions(1, 0)[0][0], 0.05)
-    tokens = torch.tensor([S.VOCAB.index(w) for w in "smaller triangle on the left a".split()])
+    tokens = torch.tensor([S.VOCAB.index(w) for w in ["smaller", "triangle", "on", "the", "left", "a"]])
     la, lb = task.word_lengths(tokens)
     ids = pair.chunk_ids(task.texts(tokens[None]))[0]
     assert sum(lb) == int((ids > 1).sum()) and ids[sum(lb)] == S.EOS and la == [1] * 7
@@ -225,7 +225,7 @@ def test_fuse_gradient_is_autograd_through_the_surrogate(pair):
     task = ex.Captioning.__new__(ex.Captioning)
     task.model, task.maps, task.lam, task.image = pair64, maps, 0.05, img.detach()
     task.prefix, task.allowed = 2, torch.arange(2, len(S.VOCAB))
-    tokens = torch.tensor([S.VOCAB.index(w) for w in "small triangle smaller on the left".split()])
+    tokens = torch.tensor([S.VOCAB.index(w) for w in ["small", "triangle", "smaller", "on", "the", "left"]])
     words = task.texts(tokens[None])[0].split()
     # surrogate: B's embeddings = X_A(w) ∗ T_k for each word, then the exact B tower
     XA = pair64.table_A.detach()[torch.cat([torch.tensor([2]), tokens])].clone().requires_grad_(True)
@@ -248,7 +248,7 @@ def test_fuse_gradient_is_autograd_through_the_surrogate(pair):
 def test_random_variant_is_uncorrelated_with_fuse(pair):
     maps = ex.fit_maps(pair)
     task = ex.Captioning(pair, maps, S.images_with_captions(1, 0)[0][0], 0.05)
-    tokens = torch.tensor([S.VOCAB.index(w) for w in "small red triangle on the left".split()])
+    tokens = torch.tensor([S.VOCAB.index(w) for w in ["small", "red", "triangle", "on", "the", "left"]])
     fuse = task.clip_gradient_A(tokens, "fuse")
     g = torch.Generator().manual_seed(0)
     cos = [torch.nn.functional.cosine_similarity(task.clip_gradient_A(tokens, "random", g), fuse,

@@ -22,7 +22,13 @@ from torch import nn
 from ... import _check
 from ...data import shapes
 from ...nn.gpt import GPT, GPTConfig
-from ...nn.tinyclip import MAX_LOGIT_SCALE, ImageTower, TextTower, check_images, clip_loss
+from ...nn.tinyclip import (
+    MAX_LOGIT_SCALE,
+    ImageTower,
+    TextTower,
+    check_images,
+    clip_loss,
+)
 from ...pretrained import batch_rng
 from ...train import TrainConfig, resolve_run_dir, train
 
