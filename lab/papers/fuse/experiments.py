@@ -94,20 +94,33 @@ def from_environment(cfg: FuseConfig) -> FuseConfig:
 def load_models(cfg: FuseConfig, *, device="cpu", progress: bool = True):
     if cfg.gpu is not None:
         from . import hub
-        return hub.load_models(cfg.gpu, device=device), None
+        return hub.load_models(cfg.gpu, device=device), None   # pretrained: no losses
     return pretrained_pair(cfg.model_seed, cfg.pair, device=device, progress=progress)
 
 
-def ids_A(model: ModelPair, word: str) -> list[int]:
+def ids_A(model, word: str) -> list[int]:
+    if hasattr(model, "word_ids_A"):                       # a hub pair (gpu scale)
+        return model.word_ids_A(word)
     return [int(model.words.encode(word)[0, 0])]
 
 
-def ids_B(model: ModelPair, word: str) -> list[int]:
+def ids_B(model, word: str) -> list[int]:
+    if hasattr(model, "word_ids_B"):
+        return model.word_ids_B(word)
     return model.chunker.word_ids(word)
 
 
-def fit_maps(model: ModelPair, words=FREE_WORDS, dtype=torch.float32) -> WordMaps:
-    """The maps ``T_k`` of the tiny pair over ``words`` (default: the 33 free words)."""
+def fit_maps(model, words=FREE_WORDS, dtype=torch.float32) -> WordMaps:
+    """The maps ``T_k`` of the tiny pair over ``words`` (default: the 33 free words). For a hub
+    pair (gpu scale): wikitext's words, K = 4, N_max = 8192, fitted in float32 on the model's
+    device."""
+    if hasattr(model, "word_ids_A"):
+        from . import hub
+        setup = GPU_SETUP
+        return hub.fit_maps(hub.wikitext_words(setup["words"], None), model.word_ids_A,
+                            model.word_ids_B, model.table_A, model.table_B,
+                            max_subtokens=setup["max_subtokens"], n_max=setup["n_max"],
+                            dtype=dtype)
     return fit_word_maps(words, lambda w: ids_A(model, w), lambda w: ids_B(model, w),
                          model.table_A.detach().to(dtype), model.table_B.detach().to(dtype))
 
@@ -238,6 +251,10 @@ def run_one(model, maps, image, attr, variant: str, gcg_seed: int, cfg: FuseConf
 
 def captioning(model, maps, cfg: FuseConfig, seed: int, *, progress: bool = True) -> dict:
     """Every variant of ``cfg.variants`` on the ``cfg.n_images`` images: {variant: [run, ...]}."""
+    if cfg.gpu is not None:
+        raise NotImplementedError("captioning at the gpu scale (COCO images, AutoDAN, GPT-2 + CLIP) "
+                                  "is not built yet: run at LAB_SCALE=tiny; the gpu preset loads "
+                                  "the hub models and fits their maps")
     images, attrs = caption_images(cfg, seed)
     runs = {v: [] for v in cfg.variants}
     from tqdm.auto import tqdm
