@@ -145,6 +145,7 @@ def load_maps(path) -> WordMaps:
         raise FileNotFoundError(f"path {str(path)!r} does not exist: fit the maps first")
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-        maps = {int(name[2:]): f.get_tensor(name) for name in f.keys()}
+        names = list(f.keys())
+        maps = {int(name[2:]): f.get_tensor(name) for name in names}
     words = {int(k): v for k, v in json.loads(meta["words"]).items()}
     return WordMaps(maps, words, int(meta["d_A"]), int(meta["d_B"]))
