@@ -41,13 +41,18 @@ def _real(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x.real.to(like.dtype) if not like.is_complex() else x
 
 
-def t_product(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """``A ∗ B`` for ``A`` (n1, n2, k) and ``B`` (n2, n3, k): FFT along the tube, multiply
-    matching faces, inverse FFT; (n1, n3, k)."""
+def _product_shapes(A, B) -> tuple[torch.Tensor, torch.Tensor]:
     A, B = _tensor3("A", A), _tensor3("B", B)
     if A.shape[1] != B.shape[0] or A.shape[2] != B.shape[2]:
         raise ValueError(f"A (n1, n2, k) and B (n2, n3, k) must agree in n2 and k; got shapes "
                          f"{tuple(A.shape)} and {tuple(B.shape)}")
+    return A, B
+
+
+def t_product(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """A ∗ B for A (n1, n2, k) and B (n2, n3, k): FFT along the tube, multiply
+    matching faces, inverse FFT; (n1, n3, k)."""
+    A, B = _product_shapes(A, B)
     fa, fb = torch.fft.fft(A, dim=2), torch.fft.fft(B, dim=2)
     out = torch.fft.ifft(torch.einsum("ijm,jlm->ilm", fa, fb), dim=2)
     return _real(out, A)
@@ -56,10 +61,7 @@ def t_product(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
 def t_product_circulant(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """The definition, for reference: ``(A ∗ B)_{::m} = Σ_j A_{::(m−j) mod k} B_{::j}`` (the
     block-circulant matrix of A's faces times B's faces stacked)."""
-    A, B = _tensor3("A", A), _tensor3("B", B)
-    if A.shape[1] != B.shape[0] or A.shape[2] != B.shape[2]:
-        raise ValueError(f"A (n1, n2, k) and B (n2, n3, k) must agree in n2 and k; got shapes "
-                         f"{tuple(A.shape)} and {tuple(B.shape)}")
+    A, B = _product_shapes(A, B)
     k = A.shape[2]
     faces = [sum(A[:, :, (m - j) % k] @ B[:, :, j] for j in range(k)) for m in range(k)]
     return torch.stack(faces, dim=2)
@@ -74,7 +76,7 @@ def block_circulant(A: torch.Tensor) -> torch.Tensor:
 
 
 def t_transpose(A: torch.Tensor) -> torch.Tensor:
-    """``Aᵀ``: transpose every face and reverse the order of faces 1 … k−1 (face 0 stays)."""
+    """Aᵀ: transpose every face, reverse the order of faces 1 … k−1 (face 0 stays)."""
     A = _tensor3("A", A)
     k = A.shape[2]
     order = [0] + list(range(k - 1, 0, -1))
@@ -167,18 +169,26 @@ def fit_word_maps(words: Sequence[str], ids_A, ids_B, table_A: torch.Tensor,
     if not words:
         raise ValueError("words is empty: give at least one word to fit the maps on")
     K = _check.integer("max_subtokens", max_subtokens, low=1)
+    for name, table in (("table_A", table_A), ("table_B", table_B)):
+        if table.dim() != 2:
+            raise ValueError(f"{name} must be a (vocabulary, width) matrix; got {tuple(table.shape)}")
+    maps = fit_by_length(words, ids_A, ids_B, table_A, table_B, K)
+    if not maps.maps:
+        raise ValueError(f"no word has at most max_subtokens = {K} sub-tokens in B")
+    return maps
+
+
+def fit_by_length(words, ids_A, ids_B, table_A, table_B, K: int) -> WordMaps:
+    """Group the words by B's length k ≤ K and fit ``T_k = X_A⁺ ∗ X_B`` per group."""
     groups: dict[int, list[str]] = {}
     for w in words:
-        kb = len(ids_B(w))
-        if kb <= K:
-            groups.setdefault(kb, []).append(w)
+        if len(ids_B(w)) <= K:
+            groups.setdefault(len(ids_B(w)), []).append(w)
     maps = {}
     for k, ws in sorted(groups.items()):
-        XA = torch.cat([word_tensor(table_A, ids_A(w), k) for w in ws])
-        XB = torch.cat([word_tensor(table_B, ids_B(w), k) for w in ws])
+        XA = torch.cat([word_tensor(table_A, ids_A(w), k) for w in ws])    # (N, d_A, k)
+        XB = torch.cat([word_tensor(table_B, ids_B(w), k) for w in ws])    # (N, d_B, k)
         maps[k] = fit_map(XA, XB)
-    if not maps:
-        raise ValueError(f"no word has at most max_subtokens = {K} sub-tokens in B")
     return WordMaps(maps, groups, table_A.shape[1], table_B.shape[1])
 
 
@@ -191,10 +201,8 @@ TRANSPOSES = {"t": t_transpose, "facewise": facewise_transpose}
 def pull_back(grad_B: torch.Tensor, lengths_A: Sequence[int], lengths_B: Sequence[int],
               maps: WordMaps, *, transpose: str = "t") -> torch.Tensor:
     """B's gradient on its sub-token embeddings (L_B, d_B) → a gradient on A's (L_A, d_A), word
-    by word: word ``w`` owns the next ``k_B(w)`` rows of ``grad_B``; ``G_w ∗ T_kᵀ`` with
-    ``k = k_B(w)`` gives (1, d_A, k) whose first ``k_A(w)`` columns are the gradient of A's
-    sub-tokens of ``w`` (zeros past k). Rows of ``grad_B`` after the last word (<eos>, padding)
-    are not used; ``L_A = Σ k_A``."""
+    by word (see :func:`walk_words`). Rows of ``grad_B`` after the last word (<eos>, padding)
+    are not used; ``L_A = Σ k_A``. ``transpose="facewise"`` is the official code's choice."""
     _check.choice("transpose", transpose, TRANSPOSES)
     if grad_B.dim() != 2 or grad_B.shape[1] != maps.d_B:
         raise ValueError(f"grad_B must be (positions, d_B = {maps.d_B}); got shape "
@@ -207,13 +215,19 @@ def pull_back(grad_B: torch.Tensor, lengths_A: Sequence[int], lengths_B: Sequenc
         raise ValueError("lengths_A and lengths_B must be ≥ 1 (every word has a sub-token)")
     if sum(lengths_B) > grad_B.shape[0]:
         raise ValueError(f"lengths_B add up to {sum(lengths_B)} rows; grad_B has {grad_B.shape[0]}")
-    flip = TRANSPOSES[transpose]
+    return walk_words(grad_B, lengths_A, lengths_B, maps, TRANSPOSES[transpose])
+
+
+def walk_words(grad_B, lengths_A, lengths_B, maps: WordMaps, flip=t_transpose):
+    """Word w owns the next k_B(w) rows of grad_B: G_w (1, d_B, k).
+    G_w ∗ flip(T_k), k = k_B(w), is (1, d_A, k); its first k_A(w) columns
+    (zeros past k) are the gradient of A's sub-tokens of w. The walk
+    advances through grad_B: each word gets its own block."""
     out, at = [], 0
     for ka, kb in zip(lengths_A, lengths_B):
-        G = grad_B[at:at + kb].T[None]                       # (1, d_B, k): this word's columns
+        G = grad_B[at:at + kb].T[None]                 # (1, d_B, k): this word's
         at += kb
-        T = maps.get(kb).to(grad_B.dtype)
-        back = t_product(G, flip(T))[0]                      # (d_A, k)
+        back = t_product(G, flip(maps.get(kb).to(grad_B.dtype)))[0]      # (d_A, k)
         cols = back.new_zeros(maps.d_A, ka)
         cols[:, :min(ka, kb)] = back[:, :min(ka, kb)]
         out.append(cols.T)
