@@ -9,6 +9,7 @@ that version, so a cell that tried to replace it fails at once instead of downlo
 this checkout (the address itself is checked against ``_config.yml`` by test_book_files)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -55,10 +56,21 @@ def colab_like(tmp_path_factory):
                                check=True, capture_output=True, text=True).stdout.strip())
     _fake_torch(site)
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    done = subprocess.run([*pip, f"numpy=={OLD_NUMPY}"], capture_output=True, text=True)
+    done = subprocess.run([*pip, f"numpy=={OLD_NUMPY}"], check=False, capture_output=True, text=True)
     if done.returncode:
         pytest.skip(f"the package registry is out of reach: {done.stderr.strip()[-300:]}")
     return python
+
+
+def _tracked_copy(dest: Path) -> Path:
+    """The checkout's tracked files (and its uncommitted edits), copied to `dest`."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout
+    for rel in filter(None, files.decode().split("\0")):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
 
 
 def _versions(python: Path, cwd: Path) -> dict:
@@ -78,12 +90,13 @@ def test_the_first_cell_installs_lab_and_keeps_colabs_torch_and_numpy(colab_like
     assert "hide-cell" in cell.metadata.get("tags", []), "the install cell is the chapter's second cell"
     source = cell.source
     remote = next(line for line in source.splitlines() if line.strip().startswith("URL = "))
-    local = source.replace(remote, f'    URL = "{ROOT.as_uri()}"')
+    checkout = _tracked_copy(tmp_path / "checkout")        # building writes build/; not here
+    local = source.replace(remote, f'    URL = "{checkout.as_uri()}"')
     assert local != source
     env = {k: v for k, v in os.environ.items() if k not in ("LAB_SCALE", "PYTHONPATH")}
     (tmp_path / "constraints.txt").write_text(f"torch=={FAKE_TORCH}\nnumpy=={OLD_NUMPY}\n")
     env["PIP_CONSTRAINT"] = str(tmp_path / "constraints.txt")
-    run = subprocess.run([str(colab_like), "-c", local], cwd=tmp_path, env=env, capture_output=True,
+    run = subprocess.run([str(colab_like), "-c", local], check=False, cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
     got = _versions(colab_like, tmp_path)
@@ -91,7 +104,7 @@ def test_the_first_cell_installs_lab_and_keeps_colabs_torch_and_numpy(colab_like
     assert got["numpy"] == OLD_NUMPY, "the install replaced the preinstalled numpy"
     assert Path(got["lab"]).is_relative_to(Path(colab_like).parent.parent), got["lab"]
     assert got["scale"] == "tiny", "without a GPU the chapter must default to tiny"
-    again = subprocess.run([str(colab_like), "-c", local], cwd=tmp_path, env=env, capture_output=True,
+    again = subprocess.run([str(colab_like), "-c", local], check=False, cwd=tmp_path, env=env, capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0 and again.stdout == "", "a second run of the cell installs nothing"
 
