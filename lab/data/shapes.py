@@ -222,3 +222,68 @@ class WordTokenizer:
     def __call__(self, texts):
         import torch
         return torch.from_numpy(self.encode(texts))
+
+
+def word_chunks(word: str, size: int = 3) -> list[str]:
+    """A word cut into consecutive ``size``-character chunks: "triangle" → tri|ang|le."""
+    if not isinstance(word, str) or not word or any(c.isspace() for c in word):
+        raise ValueError(f"word must be a non-empty string without whitespace; got {word!r}")
+    size = _check.integer("size", size, low=1)
+    return [word[i:i + size] for i in range(0, len(word), size)]
+
+
+class ChunkTokenizer:
+    """Whitespace words → consecutive 3-character chunks → ids: ``<pad>``, ``<eos>``, then the
+    53 distinct chunks of the 33 free words, sorted (55 ids). Chunks are truncated to
+    ``seq_len − 1`` = 31, <eos> is appended, and the row is right-padded with <pad> (= 0) to 32.
+    A word outside :data:`VOCAB` raises ValueError, as for :class:`WordTokenizer`."""
+    seq_len = 32
+    chunk = 3
+
+    def __init__(self):
+        words = VOCAB[2:]
+        chunks = sorted({c for w in words for c in word_chunks(w, self.chunk)})
+        self.vocab = ("<pad>", "<eos>", *chunks)
+        self.ids = {c: i for i, c in enumerate(self.vocab)}
+        self.words = frozenset(words)
+
+    def word_ids(self, word: str) -> list[int]:
+        """The chunk ids of one word (ValueError for a word outside the world's vocabulary)."""
+        if word not in self.words:
+            raise ValueError(f"word {word!r} is not in the vocabulary; accepted words: "
+                             f"{' '.join(VOCAB[2:])}")
+        return [self.ids[c] for c in word_chunks(word, self.chunk)]
+
+    def encode(self, texts) -> np.ndarray:
+        """(n, 32) int64 ids of a text or a list of texts."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            raise ValueError("texts is empty: give at least one text")
+        out = np.full((len(texts), self.seq_len), PAD, dtype=np.int64)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts must be strings; got {type(text).__name__}")
+            ids = [j for w in text.split() for j in self.word_ids(w)][: self.seq_len - 1]
+            out[i, :len(ids)] = ids
+            out[i, len(ids)] = EOS
+        return out
+
+    def decode(self, ids) -> list[str]:
+        """The chunk strings of id rows joined without spaces, up to the first <eos> (word
+        boundaries are not in the ids: "tri ang le" and "triangle" encode alike)."""
+        ids = np.atleast_2d(np.asarray(ids))
+        texts = []
+        for row in ids:
+            parts = []
+            for i in row:
+                if int(i) == EOS:
+                    break
+                parts.append(self.vocab[int(i)])
+            texts.append("".join(parts))
+        return texts
+
+    def __call__(self, texts):
+        import torch
+        return torch.from_numpy(self.encode(texts))

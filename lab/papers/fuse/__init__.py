@@ -1,0 +1,1 @@
+"""FUSE: one gradient across two tokenizers (arXiv 2408.04816)."""
