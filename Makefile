@@ -1,8 +1,10 @@
 # The two commands of the README:
 #   make book   set up .venv, execute the chapters at tiny scale, build the HTML book in _build/html
 #   make test   unit tests, notebook tests (nbval, claims asserted), the book build with warnings
-#               as errors, and checks of the rendered pages in headless Chromium
-# Each chapter executes once per `make test`: nbval's execution is handed to the book build.
+#               as errors, checks of the rendered pages in headless Chromium, and every chapter
+#               run in JupyterLab with its main explorer moved live
+# nbval's execution of the chapters is handed to the book build; the live check runs each
+# chapter once more, warm (its training runs are checkpointed by then).
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -31,9 +33,9 @@ html:
 	$(JB) build . -W -n --keep-going
 
 test: setup
-	$(PY) -m pytest -m "not rendered" --nbval-lax --nbval-current-env --nbval-cell-timeout 1200 tests book
+	$(PY) -m pytest -m "not rendered and not live" --nbval-lax --nbval-current-env --nbval-cell-timeout 1200 tests book
 	$(MAKE) html
-	$(PY) -m pytest -m rendered tests
+	$(PY) -m pytest -m "rendered or live" tests
 
 clean:
 	rm -rf _build

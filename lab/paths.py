@@ -78,12 +78,93 @@ def _hash_of(stamps: tuple) -> str:
 
 
 def source_hash(chapter: str | None = None) -> str:
-    """A short hash of the ``.py`` files of ``lab`` (paths and contents): it names the code that
+    """A short hash of ``lab``'s ``.py`` files (paths and contents): it names the code that
     produced a checkpoint, a cached notebook or a record, and changes with any edit. With a
-    `chapter` id, the other chapters' folders under ``lab/papers`` are left out: a chapter never
-    imports them (tests/test_layout.py), so their edits cannot change its numbers."""
-    own = chapter.replace("-", "_") if chapter is not None else None
-    files = sorted(f for f in LAB.rglob("*.py")
-                   if own is None or f.parent.parent.name != "papers" or f.parent.name == own)
+    `chapter` id it covers only the code that chapter can run: its own folder under
+    ``lab/papers``, its notebook's ``lab`` imports, and every ``lab`` module these import, directly
+    or inside a function, followed to the end (:func:`chapter_sources`). A new shared module, or
+    another chapter's code, leaves the hash of a chapter that never imports it unchanged."""
+    files = sorted(LAB.rglob("*.py")) if chapter is None else chapter_sources(chapter)
     stamps = tuple((str(f.relative_to(LAB)), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
     return _hash_of(stamps)
+
+
+def chapter_sources(chapter: str) -> list[Path]:
+    """The ``lab`` files a chapter's run can execute: the transitive ``lab`` imports (static,
+    read from the source, including imports inside functions) of the chapter's folder
+    ``lab/papers/<package>`` and of the code cells of ``book/<chapter>.ipynb`` when the checkout
+    has it. Importing a module also runs its packages' ``__init__.py``; those count too."""
+    if not isinstance(chapter, str) or not chapter.strip():
+        raise ValueError(f"chapter must be a chapter id such as 'ect'; got {chapter!r}")
+    own = LAB / "papers" / chapter.replace("-", "_")
+    if not own.is_dir():
+        raise ValueError(f"chapter {chapter!r} has no folder {own.relative_to(LAB.parent)}")
+    todo = [LAB / "__init__.py", LAB / "papers" / "__init__.py", *sorted(own.rglob("*.py"))]
+    root = repo_root()
+    notebook = root / "book" / f"{chapter}.ipynb" if root is not None else None
+    if notebook is not None and notebook.exists():
+        todo += _module_files(_notebook_imports(notebook))
+    seen: set[Path] = set()
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        todo += _module_files(_imports_of(f.read_text(), _package_of(f)))
+    return sorted(seen)
+
+
+def _package_of(f: Path) -> list[str]:
+    """The dotted package a file's relative imports start from, as parts: ``lab/nn/gpt.py`` and
+    ``lab/nn/__init__.py`` both → ``['lab', 'nn']``."""
+    return ["lab", *f.parent.relative_to(LAB).parts]
+
+
+def _imports_of(source: str, package: list[str]) -> set[str]:
+    """Dotted ``lab`` names a source imports: ``import lab.x``, ``from lab.x import y`` and
+    relative forms give ``lab.x`` and ``lab.x.y`` (``y`` may be a module or an attribute)."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[:len(package) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{a.name}" for a in node.names)
+    return {n for n in names if n == "lab" or n.startswith("lab.")}
+
+
+def _notebook_imports(notebook: Path) -> set[str]:
+    import json
+
+    names: set[str] = set()
+    for cell in json.loads(notebook.read_text()).get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        source = "".join(cell.get("source", ""))
+        lines = [ln for ln in source.splitlines() if not ln.lstrip().startswith(("%", "!"))]
+        try:
+            names |= _imports_of("\n".join(lines), ["lab"])
+        except SyntaxError:
+            continue
+    return names
+
+
+def _module_files(names) -> list[Path]:
+    """The files that importing each dotted name runs: the module (or package ``__init__``) and
+    the ``__init__.py`` of every package above it; names that are attributes are skipped."""
+    files: list[Path] = []
+    for name in names:
+        parts = name.split(".")[1:]
+        for depth in range(len(parts) + 1):
+            here = LAB.joinpath(*parts[:depth])
+            for f in (here / "__init__.py", here.with_suffix(".py") if depth else None):
+                if f is not None and f.is_file():
+                    files.append(f)
+    return files

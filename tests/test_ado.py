@@ -191,6 +191,21 @@ def test_simulated_world_ordering():
     assert oracle["pi"][-1][0] < 0.1 and oracle["pi"][-1].sum() == pytest.approx(1.0)
 
 
+def test_the_knobs_explorer_runs_the_fitted_policy_with_the_chosen_knobs():
+    from lab.papers.ado import figures as figs
+    sim = dataclasses.replace(ex.SimConfig(), steps=600)
+    knobs = figs.knobs_explorer(sim, [0, 2], "tiny")
+    assert knobs.params == {"seed": [0, 2], "floor": [0.0, 0.05], "window": [101, 201]}
+    assert knobs.defaults == {"seed": 0, "floor": sim.ado.bounds.alpha_min, "window": sim.ado.savgol_window}
+    fig = knobs(seed=2, floor=0.0)
+    config = dataclasses.replace(sim.ado, bounds=dataclasses.replace(sim.ado.bounds, alpha_min=0.0))
+    names, prior = [d.name for d in ex.SIM_WORLD], [d.prior for d in ex.SIM_WORLD]
+    rec = ex.simulate(ado.make_policy("ado", names, prior, config), cfg=sim, seed=2)
+    assert f"final π(hard) {rec['pi'][-1][-1]:.2f}" in fig.axes[0].get_title()
+    with pytest.raises(ValueError, match="seeds"):
+        figs.knobs_explorer(sim, [], "tiny")
+
+
 # -- data and model -------------------------------------------------------------------------------
 def test_domains_entropies_and_samples():
     g = torch.Generator().manual_seed(0)

@@ -94,3 +94,11 @@ def test_code_cells_fit_the_page(chapter):
     long = [line for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines()
             if len(line) > 88]
     assert not long, f"{chapter.id}: code lines over 88 characters: {long[:3]}"
+
+
+def test_the_course_page_plans_every_ready_chapter():
+    course = (ROOT / "book" / "course.md").read_text()
+    rows = [line for line in course.splitlines() if line.startswith("| ") and ".ipynb)" in line]
+    linked = [re.search(r"\]\(([\w-]+)\.ipynb\)", row).group(1) for row in rows]
+    assert linked == [c.id for c in READY], "the course table lists the ready chapters in book order"
+    assert "file: book/course" in (ROOT / "_toc.yml").read_text()

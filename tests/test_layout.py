@@ -206,17 +206,40 @@ def test_figures_are_made_legible_at_page_width(width, dpi):
     assert ax.title.get_fontsize() > 6
 
 
-def test_a_chapters_source_hash_ignores_the_other_chapters(tmp_path, monkeypatch):
-    """Records go stale when code a chapter can import changes, not when another chapter's does."""
+def test_a_chapters_source_hash_covers_what_it_can_import_and_nothing_else(tmp_path, monkeypatch):
+    """Records go stale when code a chapter can run changes (its folder, what it or its notebook
+    imports, directly, inside a function or through a chain), not when another chapter's code or
+    a shared module it never imports changes."""
+    import json
+
     from lab import paths
     fake = tmp_path / "lab"
-    for rel in ("train.py", "papers/ect/method.py", "papers/arimec/method.py"):
+    files = {"__init__.py": "from .scale import start\n", "scale.py": "import os\n",
+             "train.py": "from . import _check\n", "_check.py": "", "unused.py": "",
+             "viz/__init__.py": "", "viz/explorer.py": "", "papers/__init__.py": "",
+             "papers/ect/__init__.py": "",
+             "papers/ect/method.py": "def f():\n    from ... import train\n",
+             "papers/arimec/__init__.py": "", "papers/arimec/method.py": "from lab import unused\n"}
+    for rel, text in files.items():
         (fake / rel).parent.mkdir(parents=True, exist_ok=True)
-        (fake / rel).write_text(f"# {rel}\n")
+        (fake / rel).write_text(text)
+    (tmp_path / "book").mkdir()
+    cell = {"cell_type": "code", "source": "%matplotlib inline\nfrom lab.viz import explorer"}
+    (tmp_path / "book" / "ect.ipynb").write_text(json.dumps({"cells": [cell]}))
     monkeypatch.setattr(paths, "LAB", fake)
+    monkeypatch.setattr(paths, "repo_root", lambda: tmp_path)
+    got = {str(f.relative_to(fake)) for f in paths.chapter_sources("ect")}
+    assert got == {"__init__.py", "scale.py", "train.py", "_check.py", "viz/__init__.py",
+                   "viz/explorer.py", "papers/__init__.py", "papers/ect/__init__.py",
+                   "papers/ect/method.py"}
     ect, arimec, everything = paths.source_hash("ect"), paths.source_hash("arimec"), paths.source_hash()
-    (fake / "papers/arimec/method.py").write_text("# changed\n")
-    assert paths.source_hash("ect") == ect
+    for rel in ("papers/arimec/method.py", "unused.py"):
+        (fake / rel).write_text("# changed\n")
+        assert paths.source_hash("ect") == ect
     assert paths.source_hash("arimec") != arimec and paths.source_hash() != everything
-    (fake / "train.py").write_text("# a shared core changed\n")
-    assert paths.source_hash("ect") != ect
+    for rel in ("_check.py", "viz/explorer.py"):  # through train.py; through the notebook
+        before = paths.source_hash("ect")
+        (fake / rel).write_text("# a shared core changed\n")
+        assert paths.source_hash("ect") != before
+    with pytest.raises(ValueError, match="chapter"):
+        paths.chapter_sources("no-such-chapter")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -85,6 +86,8 @@ def simulate(policy: MixturePolicy, world: Sequence[SimDomain] = SIM_WORLD, cfg:
 # The chapter's main experiment: a small GPT on four token languages
 # ---------------------------------------------------------------------------------------------
 PRIOR = (0.35, 0.25, 0.25, 0.15)
+WORLDS = ("languages", "delayed", "text")
+ARCHITECTURES = ("gpt", "pythia-70m", "pythia-160m")
 
 
 def language_world(seed: int, length: int = 32) -> TokenMixture:
@@ -107,8 +110,8 @@ def delayed_world(seed: int, length: int = 32) -> TokenMixture:
 @dataclasses.dataclass(frozen=True)
 class LMConfig:
     """One training run of the small GPT on a domain mixture (same budget for every policy)."""
-    world: str = "languages"            # "languages" | "delayed"
-    prior: tuple = PRIOR
+    world: str = "languages"            # "languages" | "delayed" | "text"
+    prior: tuple | None = PRIOR         # None: each domain's share of the tokens (text)
     length: int = 32
     d_model: int = 64
     n_layers: int = 2
@@ -124,17 +127,36 @@ class LMConfig:
     ado: ADOConfig = ADOConfig(update_interval=100, start_step=100, ignore_steps=20, savgol_window=51,
                                subsample=5, bounds=SYNTHETIC_BOUNDS, grid=tuple(map(tuple, SMALL_GRID)))
 
+    # the "text" world: one <domain>.txt per domain in `corpora` (None: lab.data.text's default
+    # folder), read through `tokenizer` ("bytes" or a hub tokenizer's name)
+    corpora: str | None = None
+    tokenizer: str = "bytes"
+    architecture: str = "gpt"           # "gpt" (lab.nn.GPT, the fields above) or a Pythia size
+
     def __post_init__(self):
-        _check.choice("world", self.world, ("languages", "delayed"))
+        _check.choice("world", self.world, WORLDS)
+        _check.choice("architecture", self.architecture, ARCHITECTURES)
         for name in ("length", "batch", "n_val"):
             _check.integer(name, getattr(self, name), low=2)
-        check_weights(self.prior, len(self.prior), "prior")
+        if self.prior is not None:
+            check_weights(self.prior, len(self.prior), "prior")
+        elif self.world != "text":
+            raise ValueError("prior may be None only for the text world (its token shares)")
 
     def mixture(self, seed: int) -> TokenMixture:
+        if self.world == "text":
+            from ...data import text
+            tok = text.ByteTokenizer() if self.tokenizer == "bytes" else text.hub_tokenizer(self.tokenizer)
+            folder = self.corpora if self.corpora is not None else text.default_corpora_dir()
+            return text.TextMixture(text.load_corpora(folder, tok), tok.vocab, self.length)
         make = language_world if self.world == "languages" else delayed_world
         return make(seed, self.length)
 
-    def model(self, vocab: int) -> GPT:
+    def model(self, vocab: int) -> torch.nn.Module:
+        if self.architecture != "gpt":
+            from ...nn.hublm import PYTHIA_VOCAB, pythia_from_scratch
+            padded = PYTHIA_VOCAB if vocab <= PYTHIA_VOCAB and self.tokenizer != "bytes" else vocab
+            return pythia_from_scratch(self.architecture, vocab=padded, context=self.length)
         return GPT(GPTConfig(vocab, self.length, self.d_model, self.n_layers, self.n_heads, self.d_mlp))
 
 
@@ -143,7 +165,8 @@ class ChapterConfig:
     """The chapter at one scale: the simulated world, the main experiment (`lm`), the
     delayed-learning world (`delayed`, same model and budget), the policies compared, and how
     many worker processes train the runs (each run is seeded by its own policy and seed, so the
-    numbers do not depend on the workers)."""
+    numbers do not depend on the workers). `text`, when set, is the real-text study
+    (:func:`run_text_study`)."""
     sim: SimConfig
     lm: LMConfig
     delayed: LMConfig
@@ -151,11 +174,14 @@ class ChapterConfig:
     delayed_policies: tuple = ("uniform", "ado")   # the comparison that shows the trap (time budget)
     workers: int = 1
     minutes: float = 3.0
+    text: LMConfig | None = None
 
     def __post_init__(self):
         _check.integer("workers", self.workers, low=1)
         if self.delayed.world != "delayed":
             raise ValueError(f"delayed must be an LMConfig with world='delayed'; got {self.delayed.world!r}")
+        if self.text is not None and self.text.world != "text":
+            raise ValueError(f"text must be an LMConfig with world='text'; got {self.text.world!r}")
 
 
 def _with_delayed(sim: SimConfig, lm: LMConfig, **kw) -> ChapterConfig:
@@ -167,13 +193,22 @@ _GPU_LM = LMConfig(d_model=256, n_layers=4, n_heads=8, d_mlp=1024, length=64, ba
                                      optimizer="adamw", progress_every=100),
                    ado=dataclasses.replace(LMConfig.ado, update_interval=250, start_step=250, ignore_steps=100,
                                            savgol_window=101))
+# The specification's gpu study: a Pythia-70m-shaped GPT-NeoX trained from scratch on text domains
+# from a local folder (lab.data.text.prepare_corpora), the prior = the token shares, ADO with the
+# official 512-start grid and relaxed bounds (log ε ≥ 0).
+_TEXT_LM = LMConfig(world="text", prior=None, tokenizer="EleutherAI/pythia-70m", architecture="pythia-70m",
+                    length=256, batch=32, n_val=256,
+                    train=TrainConfig(steps=3000, lr=1e-3, lr_final=1e-4, warmup_steps=250, decay="linear",
+                                      optimizer="adamw", progress_every=100),
+                    ado=ADOConfig(update_interval=250, start_step=250, ignore_steps=100, savgol_window=101,
+                                  bounds=dataclasses.replace(PILE_BOUNDS, log_eps_min=0.0)))
 _PAPER_LM = LMConfig(d_model=768, n_layers=12, n_heads=12, d_mlp=3072, length=1024, batch=256,
                      train=TrainConfig(steps=60_000, lr=6e-4, lr_final=6e-5, optimizer="adamw"),
                      ado=ADOConfig(update_interval=1000, start_step=1000, ignore_steps=1000, bounds=PILE_BOUNDS))
 
 PRESETS = {
     "tiny": _with_delayed(SimConfig(), LMConfig(), workers=2, minutes=3.0),
-    "gpu": _with_delayed(SimConfig(), _GPU_LM, minutes=15.0),
+    "gpu": _with_delayed(SimConfig(), _GPU_LM, minutes=25.0, text=_TEXT_LM),
     "paper": _with_delayed(SimConfig(), _PAPER_LM, minutes=10_000.0),
 }
 
@@ -204,7 +239,8 @@ def train_lm(cfg: LMConfig, kind: str, *, seed: int, device="cpu", desc: str | N
         raise TypeError(f"cfg must be an LMConfig; got {type(cfg).__name__}")
     seed = _check.integer("seed", seed)
     world = cfg.mixture(seed)
-    policy = make_policy(kind, world.names, cfg.prior, cfg.ado)
+    prior = cfg.prior if cfg.prior is not None else world.token_share
+    policy = make_policy(kind, world.names, prior, cfg.ado)
     torch.manual_seed(seed)                                   # the initial weights
     model = cfg.model(world.vocab).to(device)
     batch_stats: list = []
@@ -236,6 +272,24 @@ def train_lm(cfg: LMConfig, kind: str, *, seed: int, device="cpu", desc: str | N
     return rec
 
 
+def run_text_study(cfg: LMConfig, *, seed: int, device="cpu", policies=("natural", "uniform", "ado"),
+                   run_dir=True) -> dict[str, dict]:
+    """The same budget under each policy on real text domains: ``{kind: record}``; each record
+    holds the held-out loss per domain (``val``), the unweighted mean is the comparison, and
+    ``fit_seconds / seconds`` is ADO's wall-clock overhead."""
+    if not isinstance(cfg, LMConfig) or cfg.world != "text":
+        raise ValueError("cfg must be an LMConfig with world='text'")
+    if not policies:
+        raise ValueError("policies must name at least one policy")
+    return {kind: train_lm(cfg, kind, seed=seed, device=device, run_dir=_job_dir(run_dir, "text", kind),
+                           desc=f"text: {kind}") for kind in policies}
+
+
+def _job_dir(run_dir, world: str, kind: str):
+    """One checkpoint folder per run: a path given for several runs gets a subfolder each."""
+    return run_dir if isinstance(run_dir, bool) or run_dir is None else Path(run_dir) / f"{world}-{kind}"
+
+
 def largest_dip(series) -> float:
     """The largest drop of a series below its running maximum (0 for a non-decreasing series)."""
     x = _check.array("series", series, ndim=1, min_len=1)
@@ -264,7 +318,7 @@ def run_experiments(cfg: ChapterConfig, *, seed: int, device="cpu", run_dir=True
     jobs = [(world, kind) for world in kinds for kind in kinds[world]]
     lm = {"languages": cfg.lm, "delayed": cfg.delayed}
     if cfg.workers <= 1:
-        done = {job: _train_job(lm[job[0]], job[1], seed, device, run_dir, True) for job in jobs}
+        done = {job: _train_job(lm[job[0]], job[1], seed, device, _job_dir(run_dir, *job), True) for job in jobs}
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -272,7 +326,8 @@ def run_experiments(cfg: ChapterConfig, *, seed: int, device="cpu", run_dir=True
         from tqdm.auto import tqdm
         with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_single_threaded) as pool:
-            futures = {pool.submit(_train_job, lm[world], kind, seed, device, run_dir, False): (world, kind)
+            futures = {pool.submit(_train_job, lm[world], kind, seed, device, _job_dir(run_dir, world, kind),
+                                   False): (world, kind)
                        for world, kind in jobs}
             with tqdm(total=len(jobs), desc=f"training runs ({cfg.workers} processes)") as bar:
                 for _ in as_completed(futures):

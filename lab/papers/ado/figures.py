@@ -1,6 +1,8 @@
 """Figures and explorers of the ADO chapter."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ... import _check
@@ -37,19 +39,23 @@ def mixture_figure(records: dict, scale: str, seed: int):
     return fig
 
 
-def results_figure(records: dict, scale: str, seed: int):
-    """Per-domain excess validation loss (L − H) for every policy, and their unweighted mean."""
+def results_figure(records: dict, scale: str, seed: int, *, value: str = "excess"):
+    """Per-domain final losses for every policy, and their unweighted mean: the excess over the
+    entropy rate (``value="excess"``, synthetic languages) or the held-out loss (``"val"``, text,
+    whose entropy rate is unknown)."""
+    labels = {"excess": "validation loss − entropy rate (nats)", "val": "held-out loss (nats per token)"}
+    _check.choice("value", value, labels)
     kinds = list(records)
     names = records[kinds[0]]["names"] + ["mean"]
     fig, ax = figure(width=8, height=2.6)
     width = 0.8 / len(kinds)
     for j, kind in enumerate(kinds):
-        ex = records[kind]["excess"]
+        ex = np.asarray(records[kind][value])
         vals = np.r_[ex, ex.mean()]
         ax.bar(np.arange(len(names)) + (j - (len(kinds) - 1) / 2) * width, vals, width,
                color=POLICY_COLOURS.get(kind, "#777777"), label=kind)
     ax.set_xticks(np.arange(len(names)), names)
-    ax.set(ylabel="validation loss − entropy rate (nats)", title="Excess loss at the end, same budget")
+    ax.set(ylabel=labels[value], title="Final loss per domain, same budget")
     ax.legend(frameon=False)
     stamp(fig, scale, seed)
     return fig
@@ -249,3 +255,41 @@ def delayed_figure(records: dict, domain: str, scale: str, seed: int):
     axes[2].legend(frameon=False, fontsize=7)
     stamp(fig, scale, seed)
     return fig
+
+
+def knobs_explorer(sim, seeds, scale: str, *, alpha_mins=(0.0, 0.05),
+                   windows=(101, 201)) -> Explorer:
+    """The policy's knobs on the simulated world, fits and all (about a second a setting):
+    the world's seed (one where claim C5 holds and one where it fails), the floor on the fitted
+    exponent (one of the fit's bounds) and the smoothing window the fits read. Each setting
+    shows ADO's π(t) and its final mean excess against uniform's and natural's on that seed."""
+    from . import experiments as ex
+
+    seeds = [_check.integer("seeds", s, low=0) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must name at least one seed of the simulated world")
+    names, prior = [d.name for d in ex.SIM_WORLD], [d.prior for d in ex.SIM_WORLD]
+    fixed = {seed: ex.sim_policies(sim, seed, kinds=("natural", "uniform")) for seed in seeds}
+
+    def render(seed, floor, window):
+        config = dataclasses.replace(sim.ado, savgol_window=window,
+                                     bounds=dataclasses.replace(sim.ado.bounds, alpha_min=floor))
+        rec = ex.simulate(ado.make_policy("ado", names, prior, config), cfg=sim, seed=seed)
+        sims = {**fixed[seed], "ado": rec}
+        fig, axes = figure(ncols=2, width=9, height=2.7, gridspec_kw={"width_ratios": (2.2, 1)})
+        _stack(axes[0], rec["pi"], names)
+        axes[0].legend(loc="upper left", fontsize=9, frameon=False, reverse=True)
+        verdict = "C5 holds" if ex.sim_claim_holds(sims) else "C5 fails"
+        axes[0].set_title(f"ADO's π(t): {verdict}; final π(hard) {rec['pi'][-1][-1]:.2f}", fontsize=10)
+        kinds = list(sims)
+        axes[1].bar(kinds, [sims[k]["excess"].mean() for k in kinds],
+                    color=[POLICY_COLOURS.get(k, "#777777") for k in kinds])
+        axes[1].set(ylabel="mean excess L − ε")
+        axes[1].set_title("final mean excess", fontsize=10)
+        stamp(fig, scale, seed)
+        return fig
+
+    return Explorer(render, {"seed": seeds, "floor": list(alpha_mins), "window": list(windows)},
+                    title="Knobs of the policy (simulated world, fitted laws)",
+                    defaults={"floor": sim.ado.bounds.alpha_min}
+                    if sim.ado.bounds.alpha_min in alpha_mins else None)
