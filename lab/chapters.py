@@ -29,7 +29,7 @@ CHAPTERS = (
             True),
     Chapter("mimetic-init", "Mimetic initialization helps state space models learn to recall",
             "2410.11135", True),
-    Chapter("mohawk", "Distilling Transformers into SSMs", "2408.10189", False),
+    Chapter("mohawk", "Transformers to SSMs: distilling quadratic knowledge", "2408.10189", True),
     Chapter("ado", "Adaptive data optimization with scaling laws", "2410.11820", True),
     Chapter("context-inversion", "Context-parametric inversion in instruction tuning", "2410.10796",
             True),

@@ -27,7 +27,8 @@ import torch
 from . import _check, paths
 
 OPTIMIZERS = ("adam", "adamw", "radam")
-DECAYS = ("cosine", "linear", "onecycle")
+DECAYS = ("cosine", "linear", "onecycle", "wsd")
+MOMENTUM_CYCLE = (0.85, 0.95)   # OneCycleLR's base_momentum, max_momentum
 _cached_runs = 0   # runs of this process that found their checkpoint already at the last step
 
 
@@ -46,7 +47,11 @@ class TrainConfig:
     (``cosine`` or ``linear``). ``decay="onecycle"`` is instead the rate of torch's
     ``OneCycleLR`` (``pct_start = warmup_steps / steps``, cosine, ``div_factor`` 25, no
     momentum cycling): a cosine rise from ``lr / 25`` to ``lr`` over ``warmup_steps`` (≥ 2),
-    then a cosine fall to ``lr_final`` (required), reached at the last step.
+    then a cosine fall to ``lr_final`` (required), reached at the last step; with
+    ``cycle_momentum`` Adam's β₁ also follows OneCycleLR's default momentum cycle (0.95 → 0.85
+    at the peak rate → 0.95 at the end, mirroring the rate). ``decay="wsd"`` is warmup–stable–
+    decay: the linear warm-up, the rate held at ``lr``, then a linear fall to ``lr_final``
+    (required) over the last ``decay_steps`` steps (≥ 1), reached at the last step.
     ``optimizer``: ``adam``, ``adamw`` (decoupled ``weight_decay``) or ``radam``.
     ``grad_clip``: clip the global gradient norm to it.
     ``ema``: keep an exponential moving average of the weights with this β;
@@ -66,6 +71,8 @@ class TrainConfig:
     warmup_steps: int = 0
     decay: str = "cosine"
     grad_clip: float | None = None
+    cycle_momentum: bool = False
+    decay_steps: int = 0
 
     def __post_init__(self):
         _check.integer("steps", self.steps, low=1)
@@ -86,6 +93,15 @@ class TrainConfig:
             if self.lr_final is None:
                 raise ValueError("lr_final must be set when decay is 'onecycle'")
             _check.integer("warmup_steps", self.warmup_steps, low=2)
+        if not isinstance(self.cycle_momentum, bool):
+            raise TypeError(f"cycle_momentum must be a bool; got {self.cycle_momentum!r}")
+        if self.cycle_momentum and (self.decay != "onecycle" or self.optimizer == "radam"):
+            raise ValueError("cycle_momentum needs decay='onecycle' and optimizer 'adam' or 'adamw'")
+        _check.integer("decay_steps", self.decay_steps, low=0, high=self.steps - self.warmup_steps)
+        if self.decay == "wsd":
+            if self.lr_final is None:
+                raise ValueError("lr_final must be set when decay is 'wsd'")
+            _check.integer("decay_steps", self.decay_steps, low=1)
         if self.grad_clip is not None:
             _check.real("grad_clip", self.grad_clip, low=0, low_open=True)
 
@@ -101,11 +117,30 @@ def learning_rate(step: int, config: TrainConfig) -> float:
         return end + (start - end) * 0.5 * (1 + math.cos(math.pi * frac))
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
+    if config.decay == "wsd":
+        left = config.steps - 1 - step                   # steps after this one
+        if left >= config.decay_steps:
+            return config.lr
+        return config.lr_final + (config.lr - config.lr_final) * left / config.decay_steps
     if config.lr_final is None:
         return config.lr
     frac = (step - config.warmup_steps) / (config.steps - config.warmup_steps)
     shape = 0.5 * (1 + math.cos(math.pi * frac)) if config.decay == "cosine" else 1 - frac
     return config.lr_final + (config.lr - config.lr_final) * shape
+
+
+def momentum(step: int, config: TrainConfig) -> float:
+    """Adam's β₁ at optimiser step `step`: ``config.betas[0]``, or with ``cycle_momentum`` the
+    value torch's OneCycleLR gives it (the rate's cosine phases, mirrored between 0.95 and 0.85)."""
+    if not config.cycle_momentum:
+        return config.betas[0]
+    low, high = MOMENTUM_CYCLE
+    peak = config.warmup_steps - 1
+    if step <= peak:
+        start, end, frac = high, low, step / peak
+    else:
+        start, end, frac = low, high, (step - peak) / (config.steps - 1 - peak)
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
 def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
@@ -227,6 +262,8 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, torch.Gene
     for step in range(start, config.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
+            if config.cycle_momentum:
+                group["betas"] = (momentum(step, config), group["betas"][1])
         loss = loss_fn(model, generator)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}")

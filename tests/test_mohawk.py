@@ -334,3 +334,152 @@ def test_the_budget_world_and_its_answer_positions(skill):
     teacher, _ = train_teacher(cfg, 0, run_dir=False, progress=False)
     r = distill(cfg, teacher, "mohawk", 0, progress=False)
     assert {"kl_knowledge", f"kl_{skill}", f"kl_{skill}_answers"} <= set(r.final)
+
+
+# ---------------------------------------------------------------------------------------------
+# Matrix classes, initialisation, schedules, snapshots
+# ---------------------------------------------------------------------------------------------
+def test_matrix_classes_fit_their_own_members_and_reject_bad_maps():
+    from lab.papers.mohawk.method import (
+        MATRIX_CLASSES,
+        class_matrix,
+        class_size,
+        fit_class,
+    )
+    g = torch.Generator().manual_seed(0)
+    T = 12
+    toeplitz = class_matrix("toeplitz", {"t": torch.randn(1, T, generator=g, dtype=torch.float64)})
+    assert torch.equal(toeplitz[0].diagonal(-3)[1:], toeplitz[0].diagonal(-3)[:-1])
+    _, err = fit_class(toeplitz, "toeplitz", steps=400)
+    assert err.item() < 0.02
+    ssd_p = {"C": torch.randn(2, T, 3, generator=g, dtype=torch.float64),
+             "B": torch.randn(2, T, 3, generator=g, dtype=torch.float64),
+             "a": 2 + torch.randn(2, T, generator=g, dtype=torch.float64)}
+    ssd_map = class_matrix("ssd", ssd_p)
+    # the SSD class is the discrete Mamba-2 matrix: α = σ(a), mask Π_{k=j+1}^{i} α_k
+    alpha = torch.sigmoid(ssd_p["a"][0])
+    assert ssd_map[0, 5, 2].item() == pytest.approx((ssd_p["C"][0, 5] @ ssd_p["B"][0, 2]).item()
+                                                   * alpha[3:6].prod().item(), rel=1e-9)
+    la = class_matrix("linear_attention", {"Q": torch.randn(1, T, 2, generator=g, dtype=torch.float64),
+                                           "K": torch.randn(1, T, 2, generator=g, dtype=torch.float64)})
+    assert torch.allclose(la.sum(-1), torch.ones(1, T, dtype=torch.float64)) and (la >= 0).all()
+    _, err = fit_class(ssd_map, "ssd", rank=3, steps=600, lr=0.03)
+    _, err_toe = fit_class(ssd_map, "toeplitz", steps=600)
+    assert (err < err_toe).all()
+    for cls in MATRIX_CLASSES:
+        assert class_matrix(cls, {k: v[:1] for k, v in (ssd_p if cls == "ssd" else {
+            "t": torch.randn(1, T, dtype=torch.float64), "Q": torch.randn(1, T, 2, dtype=torch.float64),
+            "K": torch.randn(1, T, 2, dtype=torch.float64)}).items()}).triu(1).abs().max() == 0
+    assert class_size("ssd", T, 3) == 2 * T * 3 + T and class_size("toeplitz", T, 3) == T
+    with pytest.raises(ValueError, match="target must be causal"):
+        fit_class(torch.ones(1, 4, 4), "ssd")
+    with pytest.raises(ValueError, match="target"):
+        fit_class(torch.ones(1, 4, 3).tril(), "ssd")
+    with pytest.raises(ValueError, match="cls"):
+        fit_class(toeplitz, "fourier")
+
+
+def test_init_choice_and_schedules():
+    torch.manual_seed(0)
+    assert phi_teacher(CFG).tok.weight.std() > 0.5                      # PyTorch's N(0, 1)
+    assert phi_teacher(CFG, init="gpt").tok.weight.std() < 0.05
+    with pytest.raises(ValueError, match="init"):
+        phi_mamba(CFG, init="xavier")
+    from lab.papers.mohawk.experiments import one_cycle, stage_config, wsd
+    assert one_cycle(100, 3e-3).cycle_momentum and wsd(100, 3e-3).decay == "wsd"
+    with pytest.raises(ValueError, match="schedule"):
+        stage_config("cosine", 10, 1e-3)
+
+
+def test_distill_keeps_stage1_snapshots_and_decays_and_the_budget_runner():
+    from lab.papers.mohawk.experiments import run_budget
+    world = WorldConfig("recall", n_tokens=6, length=12, pairs=2)
+    cfg = MohawkConfig(world=world, d_model=16, d_state=4, batch=4, teacher_batch=4, teacher_steps=3,
+                       split=(3, 3, 3), eval_size=8, probe_size=4, frame_every=1,
+                       arms=("mohawk", "kd_scratch"))
+    out = run_budget(cfg, 0, wsd_lrs=(1e-3, 1e-3, 1e-3), progress=False)
+    assert set(out["arms"]) == {(a, s) for a in cfg.arms for s in ("onecycle", "wsd")}
+    r = out["arms"]["mohawk", "wsd"]
+    assert r.schedule == "wsd" and [s for s, _ in r.maps] == [0, 1, 2, 3]
+    assert r.maps[0][1][0].shape == (4, 12, 12)
+    assert set(r.decays) == {"before", "after"} and r.decays["after"][0].shape == (12, 4)
+    assert not torch.equal(r.decays["before"][0], r.decays["after"][0])
+    assert out["arms"]["kd_scratch", "onecycle"].maps == []
+    with pytest.raises(ValueError, match="schedule"):
+        distill(cfg, out["teacher"], "mohawk", 0, schedule="cosine")
+    with pytest.raises(TypeError, match="cfg"):
+        run_budget(MohawkConfig(), 0)
+
+
+def test_figures_and_explorers_render_on_a_toy_run():
+    import matplotlib
+    matplotlib.use("Agg")
+    from lab.papers.mohawk import figures as figs
+    from lab.papers.mohawk.experiments import (
+        Data,
+        run_budget,
+        run_experiment,
+        teacher_maps,
+    )
+    cfg = MohawkConfig(length=4, d_model=16, d_state=4, batch=4, teacher_steps=3, split=(3, 3, 3),
+                       eval_size=8, probe_size=4, frame_every=3)
+    run = run_experiment(cfg, 0, progress=False)
+    r = run["arms"]["mohawk"]
+    maps = teacher_maps(run["teacher"], Data(cfg, 0).probe)
+    assert len(maps) == 2 and maps[0].shape == (4, 9, 9)
+    figs.stages_figure(r, "tiny", 0)
+    assert len(figs.matrix_explorer(r, maps, "tiny", 0).static().frames) == 2 * 4 * 2
+    assert len(figs.decay_explorer(r, "tiny", 0).static().frames) == 2
+    fits = figs.fit_classes(maps, 3, rank=2, steps=5)
+    assert fits["pairs"] == [(0, 0), (1, 0), (0, 1)] and fits["errors"]["ssd"].shape == (3,)
+    figs.class_errors_figure(fits, "tiny", 0)
+    assert len(figs.class_explorer(fits, "tiny", 0).static().frames) == 3
+    with pytest.raises(ValueError, match="run"):
+        figs.matrix_explorer(run["arms"]["kd_scratch"], maps, "tiny", 0)
+    world = WorldConfig("recall", n_tokens=6, length=12, pairs=2)
+    wcfg = MohawkConfig(world=world, d_model=16, d_state=4, batch=4, teacher_batch=4, teacher_steps=3,
+                        split=(3, 3, 3), eval_size=8, probe_size=4)
+    out = run_budget(wcfg, 0, wsd_lrs=(1e-3,) * 3, progress=False)
+    figs.arms_figure(out["arms"], ("knowledge", "recall"), "tiny", 0)
+
+
+def test_shared_map_heatmap():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from lab.viz.maps import causal_heatmap, colour_top
+    M = np.tril(np.full((5, 5), 0.5))
+    assert colour_top("log", [M]) == 0.0 and colour_top("signed", [M, -2 * M]) == 1.0
+    fig, ax = plt.subplots()
+    im = causal_heatmap(ax, M, "m", "linear")
+    shown = np.ma.filled(im.get_array(), np.nan)
+    assert np.isnan(shown[0, 1]) and shown[1, 0] == 0.5
+    with pytest.raises(ValueError, match="M must be a square"):
+        causal_heatmap(ax, np.ones((2, 3)), "m")
+    with pytest.raises(ValueError, match="scale"):
+        colour_top("sqrt", [M])
+    plt.close(fig)
+
+
+@pytest.mark.slow
+def test_phi_path_on_a_local_stand_in(tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    from lab.papers.mohawk.experiments import load_phi, phi_stage1, phi_trace
+    config = transformers.PhiConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=4, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.PhiForCausalLM(config).save_pretrained(tmp_path / "phi")
+    model = load_phi(str(tmp_path / "phi"), local_only=True)
+    toks = torch.randint(0, 40, (2, 10), generator=torch.Generator().manual_seed(0))
+    inputs, maps = phi_trace(model, toks)
+    assert len(maps) == 2 and maps[0].shape == (2, 4, 10, 10) and inputs[0].shape == (2, 10, 32)
+    assert maps[0].triu(1).abs().max() == 0 and torch.allclose(maps[0].sum(-1), torch.ones(2, 4, 10))
+    mixer, losses = phi_stage1(model, toks, layer=1, steps=30, lr=3e-3, d_state=8)
+    assert mixer.n_v_heads == 4 and losses[-1] < losses[0]
+    with pytest.raises(RuntimeError, match="could not load"):
+        load_phi(str(tmp_path / "missing"), local_only=True)
+    monkeypatch.setitem(__import__("sys").modules, "transformers", None)
+    with pytest.raises(RuntimeError, match="transformers"):
+        load_phi("microsoft/phi-1_5")

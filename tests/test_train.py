@@ -1,3 +1,5 @@
+import dataclasses
+import itertools
 import json
 import math
 
@@ -331,3 +333,38 @@ def test_run_state_travels_with_the_checkpoint(tmp_path):
         train(*tiny_problem(), cfg, seed=2, run_dir=tmp_path)
     with pytest.raises(TypeError, match="state must have"):
         train(*tiny_problem(), cfg, seed=2, state={"shift": 1})
+
+
+@pytest.mark.parametrize("steps, warmup", [(300, 30), (57, 11)])
+def test_cycled_momentum_matches_torch_step_by_step(steps, warmup):
+    from lab.train import momentum
+    cfg = TrainConfig(steps=steps, lr=3e-3, lr_final=1e-7, warmup_steps=warmup, decay="onecycle",
+                      optimizer="adamw", cycle_momentum=True)
+    opt = torch.optim.AdamW(torch.nn.Linear(2, 1).parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=steps, pct_start=warmup / steps, anneal_strategy="cos",
+        cycle_momentum=True, div_factor=25.0, final_div_factor=cfg.lr / 25 / cfg.lr_final)
+    for step in range(steps):
+        assert momentum(step, cfg) == pytest.approx(opt.param_groups[0]["betas"][0], rel=1e-9), step
+        opt.step()
+        sched.step()
+    assert momentum(3, TrainConfig(steps=5, betas=(0.8, 0.99))) == 0.8
+    model, loss_fn = tiny_problem()
+    result = train(model, loss_fn, dataclasses.replace(cfg, steps=20, warmup_steps=4), seed=0)
+    assert torch.isfinite(result.losses).all()
+    with pytest.raises(ValueError, match="cycle_momentum"):
+        TrainConfig(steps=10, cycle_momentum=True)
+
+
+def test_warmup_stable_decay():
+    cfg = TrainConfig(steps=100, lr=1e-3, lr_final=1e-5, warmup_steps=10, decay="wsd", decay_steps=20)
+    rates = [learning_rate(i, cfg) for i in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert all(r == pytest.approx(1e-3) for r in rates[10:80])
+    assert rates[80] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 19 / 20)
+    assert rates[99] == pytest.approx(1e-5)
+    assert all(a >= b for a, b in itertools.pairwise(rates[80:]))
+    for kw, match in [({"lr_final": None}, "lr_final"), ({"decay_steps": 0}, "decay_steps"),
+                      ({"decay_steps": 91}, "decay_steps")]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**{**dataclasses.asdict(cfg), "betas": cfg.betas, **kw})

@@ -8,6 +8,7 @@ import torch
 
 from ... import _check
 from ...viz.explorer import Explorer
+from ...viz.maps import causal_heatmap, colour_top
 from ...viz.style import PALETTE, figure, stamp
 from . import experiments as ex
 from . import method as mm
@@ -37,23 +38,15 @@ def curves_figure(runs: dict, scale: str, seed: int):
 
 def _top(part: str, maps) -> float:
     """One colour range for panels shown side by side: |C·Bᵀ| max, or log₁₀ of the |M| max."""
-    top = max(float(np.abs(M).max()) for M in maps)
-    return max(top, 1e-12) if part == "cb" else max(0.0, float(np.log10(top + 1e-12)))
+    return colour_top("signed" if part == "cb" else "log", maps)
 
 
 def _heatmap(ax, M: np.ndarray, part: str, length: int, title: str, top: float | None = None):
-    top = _top(part, [M]) if top is None else top
-    if part == "cb":
-        im = ax.imshow(np.where(np.tril(np.ones_like(M)) > 0, M, np.nan), cmap="RdBu_r", vmin=-top, vmax=top)
-    else:
-        logm = np.log10(np.abs(M) + 1e-12)
-        im = ax.imshow(np.where(np.tril(np.ones_like(M)) > 0, logm, np.nan), cmap="magma", vmin=-4, vmax=top)
+    ticks = [0, length, M.shape[0] - 1]
+    im = causal_heatmap(ax, M, title, "signed" if part == "cb" else "log", top, ticks)
     rows = np.arange(length + 1, M.shape[0])
     for offset in (-2.5, 2.5):          # bracket the copy target j = i − L, leaving it visible
         ax.plot(rows - length + offset, rows, color="#2ca02c", lw=0.7, ls="--")
-    ax.set_title(title, fontsize=9)
-    ax.set_xticks([0, length, M.shape[0] - 1])
-    ax.set_yticks([0, length, M.shape[0] - 1])
     return im
 
 

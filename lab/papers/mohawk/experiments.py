@@ -18,13 +18,16 @@ from ...data.tokens import Domain, markov, markov2, recall
 from ...nn.gpt import GPTConfig
 from ...train import TrainConfig, resolve_run_dir, train
 from .method import (
+    DiscreteMamba2,
     ParallelLM,
     hidden_errors,
     kd_loss,
     matrix_errors,
+    matrix_loss,
     phi_mamba,
     phi_teacher,
     run_stage,
+    teacher_trace,
     transfer_weights,
 )
 
@@ -119,11 +122,27 @@ class WorldConfig:
 # ---------------------------------------------------------------------------------------------
 # Configs
 # ---------------------------------------------------------------------------------------------
+SCHEDULES = ("onecycle", "wsd")
+
+
 def one_cycle(steps: int, lr: float) -> TrainConfig:
-    """AdamW, OneCycle with 10 % warm-up (a stand-in for the paper's warmup–stable–decay), clip 1."""
+    """AdamW (no weight decay), torch's OneCycle with 10 % warm-up and its momentum cycle (a
+    stand-in for the paper's warmup–stable–decay), gradient norm clipped to 1."""
     return TrainConfig(steps=steps, lr=lr, lr_final=lr / (25 * 1e4), optimizer="adamw",
                        warmup_steps=max(2, steps // 10), decay="onecycle", grad_clip=1.0,
-                       progress_every=10, checkpoint_every=500)
+                       cycle_momentum=True, progress_every=10, checkpoint_every=500)
+
+
+def wsd(steps: int, lr: float) -> TrainConfig:
+    """AdamW, warmup–stable–decay as the paper restarts it per stage: linear warm-up over 10 %
+    of the steps, the rate held, a linear fall to lr/100 over the last 20 %; clip 1."""
+    return TrainConfig(steps=steps, lr=lr, lr_final=lr / 100, optimizer="adamw",
+                       warmup_steps=max(1, steps // 10), decay="wsd", decay_steps=max(1, steps // 5),
+                       grad_clip=1.0, progress_every=10, checkpoint_every=500)
+
+
+def stage_config(schedule: str, steps: int, lr: float) -> TrainConfig:
+    return {"onecycle": one_cycle, "wsd": wsd}[_check.choice("schedule", schedule, SCHEDULES)](steps, lr)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,8 +259,39 @@ WORLD_V4 = MohawkConfig(world=WorldConfig("copy"), teacher_batch=64, teacher_ste
                         split=(30, 30, 240), arms=ARMS, eval_size=512)
 WORLD_V2 = dataclasses.replace(WORLD_V4, world=WorldConfig("recall"))
 
+@dataclasses.dataclass(frozen=True)
+class ChapterConfig:
+    """One scale's chapter: the copy language (spec §3), the budget-limited world (spec §3b) with
+    its arms under OneCycle and, for `wsd_arms`, under per-stage warmup–stable–decay at
+    `wsd_lrs` (a rate per stage, chosen on seeds 0–1), and the matrix-class fits."""
+    copy: MohawkConfig
+    budget: MohawkConfig
+    wsd_lrs: tuple[float, float, float]
+    wsd_arms: tuple[str, ...] = ("mohawk", "kd_transfer")
+    fit_steps: int = 200
+    fit_maps: int = 4
+    minutes: float = 3.0
+
+    def __post_init__(self):
+        for arm in self.wsd_arms:
+            _check.choice("wsd_arms", arm, ARMS)
+        if len(self.wsd_lrs) != 3:
+            raise ValueError(f"wsd_lrs must hold three rates; got {self.wsd_lrs!r}")
+
+
+TINY_BUDGET = dataclasses.replace(WORLD_V2, teacher_steps=1000, split=(20, 20, 160), eval_size=256)
+
 PRESETS = {
-    "tiny": MohawkConfig(),
+    "tiny": ChapterConfig(copy=MohawkConfig(), budget=TINY_BUDGET, wsd_lrs=(3e-3, 3e-3, 3e-3)),
+    # not yet run on a GPU: a deeper teacher, longer sequences, the paper's split 2.7/5.3/92 %
+    "gpu": ChapterConfig(
+        copy=MohawkConfig(vocab=32, length=64, d_model=256, n_layers=4, n_heads=8, d_state=32,
+                          teacher_batch=64, teacher_steps=4000, batch=64, split=(54, 106, 1840),
+                          eval_size=512, probe_size=64, frame_every=18, minutes=20),
+        budget=dataclasses.replace(WORLD_V2, world=WorldConfig("recall", length=128, pairs=8),
+                                   d_model=256, n_layers=4, n_heads=8, d_state=32,
+                                   teacher_steps=4000, split=(54, 106, 1840), batch=64),
+        wsd_lrs=(3e-3, 3e-3, 3e-3), fit_steps=500, minutes=20),
 }
 
 
@@ -262,7 +312,7 @@ def train_teacher(cfg: MohawkConfig, seed: int, run_dir=True, progress: bool = T
 
     tcfg = one_cycle(cfg.teacher_steps, cfg.teacher_lr)
     key = (dataclasses.asdict(cfg.gpt), repr(cfg.world), cfg.vocab, cfg.length, cfg.teacher_batch,
-           dataclasses.asdict(tcfg), seed)
+           dataclasses.asdict(tcfg), seed, "torch-init")
     run_dir = resolve_run_dir(run_dir, "mohawk", "teacher", *key)
     teacher = train(teacher, loss_fn, tcfg, seed=seed, run_dir=run_dir, desc=f"teacher · seed {seed}",
                     progress=progress).model.eval().requires_grad_(False)
@@ -292,6 +342,11 @@ class ArmResult:
     final: dict[str, float]                 # evaluation at the end of the budget
     losses: dict[int, list[float]]          # per stage
     seconds: float
+    schedule: str = "onecycle"
+    maps: list[tuple[int, list[torch.Tensor]]] = dataclasses.field(default_factory=list)
+    # (stage-1 step, per layer T_S (H, T, T) of the first probe sequence)
+    decays: dict[str, list[torch.Tensor]] = dataclasses.field(default_factory=dict)
+    # "before" / "after" stage 1: per layer α (T, H) of the first probe sequence
 
 
 def student(cfg: MohawkConfig, seed: int) -> ParallelLM:
@@ -299,16 +354,41 @@ def student(cfg: MohawkConfig, seed: int) -> ParallelLM:
     return phi_mamba(cfg.gpt, d_state=cfg.d_state, a_bias=cfg.a_bias)
 
 
+@torch.no_grad()
+def probe_maps(model: ParallelLM, teacher: ParallelLM, tokens: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer, the student's materialised matrices (H, T, T) of the first sequence of `tokens`,
+    each layer fed the teacher's input (teacher-forced, as stage 1 sees it)."""
+    trace = teacher_trace(teacher, tokens[:1])
+    return [b.mixer.mixing_matrix(b.ln(h))[0].clone() for b, h in zip(model.blocks, trace.hidden)]
+
+
+@torch.no_grad()
+def probe_decays(model: ParallelLM, teacher: ParallelLM, tokens: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer, α (T, H) of the first sequence of `tokens`, teacher-forced."""
+    trace = teacher_trace(teacher, tokens[:1])
+    return [b.mixer.decays(b.ln(h))[0].clone() for b, h in zip(model.blocks, trace.hidden)]
+
+
+@torch.no_grad()
+def teacher_maps(teacher: ParallelLM, tokens: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer, the teacher's attention matrices A (H, T, T) of the first sequence of `tokens`."""
+    return [A[0].clone() for A in teacher_trace(teacher, tokens[:1]).maps]
+
+
 def distill(cfg: MohawkConfig, teacher: ParallelLM, arm: str, seed: int, progress: bool = True,
-            split: tuple[int, int, int] | None = None, lrs: tuple[float, float, float] | None = None
-            ) -> ArmResult:
+            split: tuple[int, int, int] | None = None, lrs: tuple[float, float, float] | None = None,
+            schedule: str = "onecycle") -> ArmResult:
     """One student arm at the budget ``sum(cfg.split)``: "mohawk" (transfer, stages 1, 2, 3 with
     ``cfg.split`` or `split`), "kd_transfer" (transfer, then stage 3 for the whole budget),
-    "kd_scratch" (stage 3 for the whole budget from a fresh student). `lrs`: a rate per stage."""
+    "kd_scratch" (stage 3 for the whole budget from a fresh student). `lrs`: a rate per stage;
+    `schedule`: each stage's schedule, restarted per stage ("onecycle" or "wsd")."""
     arm = _check.choice("arm", arm, ARMS)
     seed = _check.integer("seed", seed)
+    schedule = _check.choice("schedule", schedule, SCHEDULES)
     split = cfg.split if split is None else split
     lrs = (cfg.lr,) * 3 if lrs is None else lrs
+    if len(lrs) != 3:
+        raise ValueError(f"lrs must hold three rates; got {lrs!r}")
     start = time.time()
     data = cfg.data(seed)
     model = student(cfg, seed)
@@ -318,6 +398,8 @@ def distill(cfg: MohawkConfig, teacher: ParallelLM, arm: str, seed: int, progres
     frob_init = matrix_errors(model, teacher, probe).tolist()
     steps = split if arm == "mohawk" else (0, 0, sum(split))
     losses, curve = {}, [(0, frob_init)]
+    maps = [(0, probe_maps(model, teacher, probe))] if arm == "mohawk" else []
+    decays = {"before": probe_decays(model, teacher, probe)}
 
     def batch(generator):
         return data.batch(cfg.batch, generator)[0]
@@ -325,21 +407,45 @@ def distill(cfg: MohawkConfig, teacher: ParallelLM, arm: str, seed: int, progres
     def frames(step, m):
         if step % cfg.frame_every == 0:
             curve.append((step, matrix_errors(m, teacher, probe).tolist()))
+            maps.append((step, probe_maps(m, teacher, probe)))
 
     for stage, n in zip((1, 2, 3), steps):
         if n:
-            result = run_stage(stage, model, teacher, batch, one_cycle(n, lrs[stage - 1]),
+            result = run_stage(stage, model, teacher, batch, stage_config(schedule, n, lrs[stage - 1]),
                                seed=100 * seed + stage, desc=f"{arm} · stage {stage}",
                                on_step=frames if stage == 1 else None, progress=progress)
             losses[stage] = result.losses.tolist()
         if stage == 1:
             frob_stage1 = matrix_errors(model, teacher, probe).tolist()
+            decays["after"] = probe_decays(model, teacher, probe)
         if stage == 2:
             rel = hidden_errors(model, teacher, probe).tolist()
             after12 = data.evaluate(model, teacher)
     return ArmResult(arm, seed, frob_init, frob_stage1, curve, rel, after12,
                      matrix_errors(model, teacher, probe).tolist(), data.evaluate(model, teacher),
-                     losses, time.time() - start)
+                     losses, time.time() - start, schedule, maps, decays)
+
+
+def run_budget(cfg: MohawkConfig, seed: int, wsd_lrs: tuple[float, float, float] | None = None,
+               progress: bool = True, wsd_arms: tuple[str, ...] | None = None) -> dict:
+    """The budget-limited world: its teacher, then every arm of ``cfg.arms`` under OneCycle at
+    ``cfg.lr`` and, with `wsd_lrs`, the arms `wsd_arms` (default all) under per-stage
+    warmup–stable–decay at those rates.
+    Returns {"teacher", "teacher_scores", "teacher_seconds", "arms": {(arm, schedule): ArmResult}}."""
+    if not isinstance(cfg, MohawkConfig) or cfg.world is None:
+        raise TypeError(f"cfg must be a MohawkConfig with a world; got {cfg!r:.80}")
+    t0 = time.time()
+    teacher, scores = train_teacher(cfg, seed, progress=progress)
+    teacher_seconds = time.time() - t0
+    arms = {}
+    for schedule, lrs in (("onecycle", None), ("wsd", wsd_lrs)):
+        if schedule == "wsd" and wsd_lrs is None:
+            continue
+        for arm in cfg.arms:
+            if schedule == "wsd" and wsd_arms is not None and arm not in wsd_arms:
+                continue
+            arms[arm, schedule] = distill(cfg, teacher, arm, seed, progress, lrs=lrs, schedule=schedule)
+    return {"teacher": teacher, "teacher_scores": scores, "teacher_seconds": teacher_seconds, "arms": arms}
 
 
 def run_experiment(cfg: MohawkConfig, seed: int, progress: bool = True) -> dict:
@@ -351,3 +457,78 @@ def run_experiment(cfg: MohawkConfig, seed: int, progress: bool = True) -> dict:
     teacher_seconds = time.time() - t0
     arms = {arm: distill(cfg, copy.deepcopy(teacher), arm, seed, progress) for arm in cfg.arms}
     return {"teacher": teacher, "teacher_scores": scores, "teacher_seconds": teacher_seconds, "arms": arms}
+
+
+# ---------------------------------------------------------------------------------------------
+# Optional: a real teacher (Phi-1.5) through transformers (network or a local copy required)
+# ---------------------------------------------------------------------------------------------
+PHI = "microsoft/phi-1_5"
+
+
+def load_phi(name_or_path: str = PHI, local_only: bool | None = None):
+    """Phi-1.5 (or any Phi checkpoint: a hub id or a local folder) with eager attention, so that
+    it returns its post-softmax attention matrices. `local_only` (default: True when
+    ``HF_HUB_OFFLINE`` is set) forbids downloads. Raises RuntimeError with the reason when
+    ``transformers`` is missing or the weights cannot be had offline."""
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise ValueError(f"name_or_path must be a hub id or a folder; got {name_or_path!r}")
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError as err:
+        raise RuntimeError("load_phi needs the `transformers` package (the gpu extra): "
+                           "pip install transformers") from err
+    import os
+    local_only = bool(os.environ.get("HF_HUB_OFFLINE")) if local_only is None else local_only
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, attn_implementation="eager",
+                                                     local_files_only=local_only,
+                                                     torch_dtype=torch.float32, use_safetensors=True)
+    except (OSError, ValueError) as err:
+        raise RuntimeError(f"could not load {name_or_path!r} (offline, or not downloaded yet: it "
+                           f"needs the network once); the loader said: {err}") from err
+    return model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def phi_trace(model, tokens: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(inputs of each layer's mixer = input LayerNorm of the layer's hidden state, attention
+    matrices (b, h, T, T)) of a transformers Phi model."""
+    if not torch.is_tensor(tokens) or tokens.dim() != 2:
+        raise TypeError(f"tokens must be an integer tensor (batch, T); got {tokens!r:.60}")
+    out = model(tokens, output_attentions=True, output_hidden_states=True)
+    layers = model.model.layers
+    inputs = [layer.input_layernorm(h) for layer, h in zip(layers, out.hidden_states)]
+    return inputs, list(out.attentions)
+
+
+def phi_stage1(model, tokens: torch.Tensor, layer: int, steps: int = 100, lr: float = 1e-3,
+               d_state: int = 64, a_bias: float = 0.0, seed: int = 0) -> tuple[DiscreteMamba2, list[float]]:
+    """Matrix orientation of one Phi layer: a fresh discrete Mamba-2 mixer (H_v = Phi's heads),
+    fed the layer's teacher input, fitted to its attention matrices; returns (mixer, losses)."""
+    inputs, maps = phi_trace(model, tokens)
+    layer = _check.integer("layer", layer, low=0, high=len(maps) - 1)
+    steps = _check.integer("steps", steps, low=1)
+    cfg = model.config
+    torch.manual_seed(_check.integer("seed", seed))
+    mixer = DiscreteMamba2(cfg.hidden_size, cfg.num_attention_heads, d_state=d_state, a_bias=a_bias)
+    opt = torch.optim.AdamW(mixer.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = matrix_loss(mixer.mixing_matrix(inputs[layer]), maps[layer].float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return mixer, losses
+
+
+def from_environment(cfg: ChapterConfig) -> ChapterConfig:
+    """``LAB_MOHAWK_WORLD`` = ``recall`` (default: the budget world's v2) or ``copy`` (v4): the
+    mixer skill mixed with the knowledge language."""
+    import os
+    skill = os.environ.get("LAB_MOHAWK_WORLD", "recall").strip() or "recall"
+    skill = _check.choice("LAB_MOHAWK_WORLD", skill, SKILLS)
+    if skill == cfg.budget.world.skill:
+        return cfg
+    world = dataclasses.replace(cfg.budget.world, skill=skill)
+    return dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, world=world))

@@ -43,6 +43,7 @@ from ...train import TrainConfig, TrainResult, train
 IMPLS = ("auto", "materialize", "chunked", "scan", "kernel")
 STAGES = (1, 2, 3)
 STAGE2_TARGETS = ("mixer", "block")
+INITS = ("torch", "gpt")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,10 +131,12 @@ class DiscreteMamba2(nn.Module):
         return self._split(proj, xBC)
 
     def mixing_matrix(self, u: torch.Tensor) -> torch.Tensor:
-        """The materialised mixer T (b, H, T, T), with y^h = T^h x^h before the gate: for j < i
-        T_ij = (C_i·B_j)·Π_{k=j+1}^{i} α_k, T_ii = C_i·B_i + D, zero above the diagonal."""
+        """The materialised mixer T (b, H, T, T), y^h = T^h x^h before the gate:
+        T_ij = (C_i·B_j)·Π_{k=j+1}^{i} α_k for j < i, T_ii = C_i·B_i + D,
+        zero above the diagonal."""
         s = self.ssm_inputs(u)
-        return ssd_materialize_discrete.unchecked(s["log_alpha"], s["B"], s["C"], self.D)
+        la, B, C = s["log_alpha"], s["B"], s["C"]
+        return ssd_materialize_discrete.unchecked(la, B, C, self.D)
 
     def decays(self, u: torch.Tensor) -> torch.Tensor:
         """α (b, T, H): how much of its state each head keeps at each token."""
@@ -230,9 +233,11 @@ class ParallelBlock(nn.Module):
 
 class ParallelLM(nn.Module):
     """Token + learned position embeddings, parallel blocks, final LayerNorm, LM head with bias.
-    Teacher and student share this skeleton (and so the names of every non-mixer tensor)."""
+    Teacher and student share this skeleton (and so the names of every non-mixer tensor).
+    `init`: "torch" keeps PyTorch's default initialisation (embeddings N(0, 1)), the book's
+    recipe at tiny scale; "gpt" uses ``lab.nn.GPT``'s N(0, 0.02) for embeddings, MLPs and head."""
 
-    def __init__(self, cfg: GPTConfig, mixers: list[nn.Module]):
+    def __init__(self, cfg: GPTConfig, mixers: list[nn.Module], init: str = "torch"):
         super().__init__()
         if not isinstance(cfg, GPTConfig):
             raise TypeError(f"cfg must be a GPTConfig; got {type(cfg).__name__}")
@@ -244,8 +249,9 @@ class ParallelLM(nn.Module):
         self.blocks = nn.ModuleList(ParallelBlock(cfg, m) for m in mixers)
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab)
-        for module in (self.tok, self.pos, self.head, *(b.mlp for b in self.blocks)):
-            module.apply(GPT._init)          # the mixers keep their own initialisation
+        if _check.choice("init", init, INITS) == "gpt":
+            for module in (self.tok, self.pos, self.head, *(b.mlp for b in self.blocks)):
+                module.apply(GPT._init)      # the mixers keep their own initialisation
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         if not torch.is_tensor(tokens) or tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
@@ -261,20 +267,26 @@ class ParallelLM(nn.Module):
         return self.head(self.ln_f(h))
 
 
-def phi_teacher(cfg: GPTConfig) -> ParallelLM:
-    """The teacher: Phi-style parallel blocks of causal softmax attention (``lab.nn.gpt``'s layer,
-    initialised as ``lab.nn.GPT``)."""
-    mixers = [CausalSelfAttention(cfg).apply(GPT._init) for _ in range(cfg.n_layers)]
-    return ParallelLM(cfg, mixers)
+def phi_teacher(cfg: GPTConfig, init: str = "torch") -> ParallelLM:
+    """The teacher: Phi-style parallel blocks of causal softmax attention (``lab.nn.gpt``'s
+    layer; `init` as :class:`ParallelLM`, "gpt" also initialising attention as ``lab.nn.GPT``)."""
+    _check.choice("init", init, INITS)
+    mixers = [CausalSelfAttention(cfg) for _ in range(cfg.n_layers)]
+    if init == "gpt":
+        for m in mixers:
+            m.apply(GPT._init)
+    return ParallelLM(cfg, mixers, init)
 
 
 def phi_mamba(cfg: GPTConfig, d_state: int = 16, n_qk_heads: int | None = None, expand: int = 1,
-              d_conv: int = 4, a_bias: float = 0.0, chunk: int = 128, impl: str = "auto") -> ParallelLM:
+              d_conv: int = 4, a_bias: float = 0.0, chunk: int = 128, impl: str = "auto",
+              init: str = "torch") -> ParallelLM:
     """The student: the teacher's skeleton with a :class:`DiscreteMamba2` of H_v = the teacher's
-    heads in each block (PyTorch's default init in the mixer, as the official code)."""
+    heads in each block (PyTorch's default init in the mixer, as the official code; `init` for
+    the rest, as :class:`ParallelLM`)."""
     mixers = [DiscreteMamba2(cfg.d_model, cfg.n_heads, n_qk_heads, d_state, expand, d_conv, chunk,
                              a_bias, impl) for _ in range(cfg.n_layers)]
-    return ParallelLM(cfg, mixers)
+    return ParallelLM(cfg, mixers, init)
 
 
 @dataclasses.dataclass
@@ -385,10 +397,14 @@ def _stage_args(student, trace, **_):
 
 @_check.checked(_stage_args)
 def stage1_losses(student: ParallelLM, trace: Trace) -> torch.Tensor:
-    """Matrix orientation, per layer (L,): layer l's mixer, fed LN(H^l) of the *teacher*, against
-    A^l. Only the mixers run (the MLP branch is skipped); D is part of T_S."""
-    return torch.stack([matrix_loss.unchecked(block.mixer.mixing_matrix(block.ln(h)), A)
-                        for block, h, A in zip(student.blocks, trace.hidden, trace.maps)])
+    """Matrix orientation, per layer (L,): layer l's mixer, fed LN(H^l) of the
+    *teacher*, against A^l. Only the mixers run (the MLP branch is skipped);
+    D is part of T_S."""
+    losses = []
+    for block, h, A in zip(student.blocks, trace.hidden, trace.maps):
+        T_S = block.mixer.mixing_matrix(block.ln(h))     # teacher-forced input
+        losses.append(matrix_loss.unchecked(T_S, A))
+    return torch.stack(losses)
 
 
 @_check.checked(_stage_args)
@@ -506,3 +522,78 @@ def hidden_errors(student: ParallelLM, teacher: ParallelLM, tokens: torch.Tensor
         raise TypeError(f"student must be a phi_mamba model; got {type(student).__name__}")
     return torch.stack([(b.mixer(b.ln(h)) - o).norm() / o.norm()
                         for b, h, o in zip(student.blocks, trace.hidden, trace.outputs)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Which structured matrix class can fit an attention matrix? (the blog's part-I argument)
+# ---------------------------------------------------------------------------------------------
+MATRIX_CLASSES = ("ssd", "linear_attention", "toeplitz", "low_rank")
+
+
+def _class_params(cls: str, n: int, T: int, rank: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    def r(*shape):
+        return (0.3 * torch.randn(n, *shape, generator=g, dtype=torch.float64)).requires_grad_()
+    if cls == "ssd":
+        return {"C": r(T, rank), "B": r(T, rank), "a": r(T)}
+    if cls == "toeplitz":
+        return {"t": r(T)}
+    return {"Q": r(T, rank), "K": r(T, rank)}
+
+
+def class_matrix(cls: str, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The causal matrices (n, T, T) of class `cls` with parameters `p` (leading dimension n):
+    "ssd" mask(α) ∘ C·Bᵀ, α_t = σ(a_t) (semiseparable, the discrete Mamba-2 matrix, D folded in);
+    "linear_attention" φ(Q)φ(K)ᵀ with φ = elu + 1, causal and row-normalised (Katharopoulos et al.);
+    "toeplitz" T_ij = t_{i−j} (a causal convolution); "low_rank" the lower triangle of Q·Kᵀ."""
+    cls = _check.choice("cls", cls, MATRIX_CLASSES)
+    if cls == "toeplitz":
+        t = p["t"]
+        i = torch.arange(t.shape[-1])
+        lag = i[:, None] - i[None, :]
+        return torch.where(lag >= 0, t[:, lag.clamp(min=0)], torch.zeros((), dtype=t.dtype))
+    if cls == "ssd":
+        cum = F.logsigmoid(p["a"]).cumsum(-1)
+        decay = (cum[:, :, None] - cum[:, None, :]).tril().exp().tril()
+        return decay * (p["C"] @ p["B"].transpose(-1, -2))
+    if cls == "low_rank":
+        return (p["Q"] @ p["K"].transpose(-1, -2)).tril()
+    scores = ((F.elu(p["Q"]) + 1) @ (F.elu(p["K"]) + 1).transpose(-1, -2)).tril()
+    return scores / scores.sum(-1, keepdim=True)
+
+
+def class_size(cls: str, T: int, rank: int) -> int:
+    """Number of free parameters of class `cls` for length T and rank `rank`."""
+    cls = _check.choice("cls", cls, MATRIX_CLASSES)
+    return {"ssd": 2 * T * rank + T, "toeplitz": T}.get(cls, 2 * T * rank)
+
+
+def _fit_args(target, cls, rank=4, steps=300, lr=0.05, seed=0):
+    check_tensor("target", target, 3, finite=True)
+    if target.shape[-1] != target.shape[-2]:
+        raise ValueError(f"target must hold square (n, T, T) maps; got {tuple(target.shape)}")
+    if target.triu(1).abs().max() > 0:
+        raise ValueError("target must be causal (zero above the diagonal); it is not")
+    _check.choice("cls", cls, MATRIX_CLASSES)
+    _check.integer("rank", rank, low=1)
+    _check.integer("steps", steps, low=1)
+    _check.real("lr", lr, low=0, low_open=True)
+
+
+@_check.checked(_fit_args)
+def fit_class(target: torch.Tensor, cls: str, rank: int = 4, steps: int = 300, lr: float = 0.05,
+              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit each of n causal maps `target` (n, T, T) with a matrix of class `cls` by Adam on the
+    Frobenius error (fp64, the maps fitted independently in one batch). Returns (the fitted
+    matrices, their relative errors ‖fit − target‖_F / ‖target‖_F, shape (n,))."""
+    target = target.detach().to(torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    p = _class_params(cls, target.shape[0], target.shape[-1], rank, g)
+    opt = torch.optim.Adam(p.values(), lr=lr)
+    for _ in range(steps):
+        loss = torch.linalg.matrix_norm(class_matrix(cls, p) - target).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        fit = class_matrix(cls, p)
+        return fit, torch.linalg.matrix_norm(fit - target) / torch.linalg.matrix_norm(target)
