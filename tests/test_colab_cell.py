@@ -62,6 +62,12 @@ def colab_like(tmp_path_factory):
     return python
 
 
+def _colab_env() -> dict:
+    """This process's environment without what would point the fresh venv at this checkout or
+    pick its scale: a Colab session has neither."""
+    return {k: v for k, v in os.environ.items() if k not in ("LAB_SCALE", "PYTHONPATH")}
+
+
 def _tracked_copy(dest: Path) -> Path:
     """The checkout's tracked files (and its uncommitted edits), copied to `dest`."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout
@@ -77,7 +83,7 @@ def _versions(python: Path, cwd: Path) -> dict:
     probe = ("import importlib.metadata as m, json, numpy, torch, lab; from lab.scale import current_scale; "
              "print(json.dumps({'torch': m.version('torch'), 'torch_module': torch.__version__, "
              "'numpy': numpy.__version__, 'lab': lab.__file__, 'scale': current_scale()}))")
-    env = {k: v for k, v in os.environ.items() if k not in ("LAB_SCALE", "PYTHONPATH")}
+    env = _colab_env()
     out = subprocess.run([str(python), "-c", probe], cwd=cwd, env=env, check=True, capture_output=True,
                          text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -93,7 +99,7 @@ def test_the_first_cell_installs_lab_and_keeps_colabs_torch_and_numpy(colab_like
     checkout = _tracked_copy(tmp_path / "checkout")        # building writes build/; not here
     local = source.replace(remote, f'    URL = "{checkout.as_uri()}"')
     assert local != source
-    env = {k: v for k, v in os.environ.items() if k not in ("LAB_SCALE", "PYTHONPATH")}
+    env = _colab_env()
     (tmp_path / "constraints.txt").write_text(f"torch=={FAKE_TORCH}\nnumpy=={OLD_NUMPY}\n")
     env["PIP_CONSTRAINT"] = str(tmp_path / "constraints.txt")
     run = subprocess.run([str(colab_like), "-c", local], check=False, cwd=tmp_path, env=env, capture_output=True,
