@@ -80,6 +80,30 @@ def _losses(loss: Callable, candidates: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _best_single_swap(loss: Callable, x: torch.Tensor, pos: torch.Tensor,
+                      new: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Score the ``len(pos)`` copies of ``x`` with ``new[b]`` at ``pos[b]``; the best one and its
+    loss (the first on ties)."""
+    candidates = x.repeat(len(pos), 1)
+    candidates[torch.arange(len(pos)), pos] = new
+    values = _losses(loss, candidates)
+    i = int(values.argmin())
+    return candidates[i].clone(), float(values[i])
+
+
+def _entry(step: int, tokens: torch.Tensor, loss: float, best_loss: float, evaluations: int,
+           **extra) -> dict:
+    """One step of a search's trace."""
+    return {"step": step, "tokens": tokens.clone(), "loss": loss, "best_loss": best_loss,
+            "evaluations": evaluations, **extra}
+
+
+def _log(trace: list, on_step: Callable[[dict], None] | None, entry: dict) -> None:
+    trace.append(entry)
+    if on_step is not None:
+        on_step(entry)
+
+
 def shortlist(grad: torch.Tensor, k: int, allowed=None) -> torch.Tensor:
     """Top-``k`` tokens of ``−grad`` per position, among the allowed ones: ``(s, k)`` ids."""
     if grad.dim() != 2:
@@ -134,19 +158,13 @@ def gcg(loss: Callable[[torch.Tensor], torch.Tensor], grad: Callable[[torch.Tens
         else:
             pos = torch.randint(s, (batch,), generator=generator)
         pick = torch.randint(k, (batch,), generator=generator)
-        candidates = x.repeat(batch, 1)
-        candidates[torch.arange(batch), pos] = short[pos, pick]
-        values = _losses(loss, candidates)
+        candidate, value = _best_single_swap(loss, x, pos, short[pos, pick])
         evaluations += batch
-        i = int(values.argmin())
-        x, current = candidates[i].clone(), float(values[i])
+        x, current = candidate, value
         if current < best_loss:
             best, best_loss = x.clone(), current
-        entry = {"step": step, "tokens": x.clone(), "loss": current, "best_loss": best_loss,
-                 "evaluations": evaluations}
-        trace.append(entry)
-        if on_step is not None:
-            on_step(entry)
+        entry = _entry(step, x, current, best_loss, evaluations)
+        _log(trace, on_step, entry)
     return SearchResult(best, best_loss, evaluations, calls, trace)
 
 
@@ -256,13 +274,10 @@ def pez(value_and_grad: Callable[[torch.Tensor], tuple], table: torch.Tensor, *,
         current = float(value)
         if current < best_loss:
             best, best_loss = ids.clone(), current
-        entry = {"step": step, "tokens": ids.clone(), "loss": current, "best_loss": best_loss,
-                 "evaluations": step, "soft": soft.detach().clone()}
+        entry = _entry(step, ids, current, best_loss, step, soft=soft.detach().clone())
         soft.grad = g.detach().to(soft.dtype).clone()
         opt.step()
-        trace.append(entry)
-        if on_step is not None:
-            on_step(entry)
+        _log(trace, on_step, entry)
     return SearchResult(best, best_loss, steps, steps, trace)
 
 
@@ -313,20 +328,14 @@ def random_search(loss: Callable[[torch.Tensor], torch.Tensor], init: Sequence[i
             new = ids[torch.randint(len(ids), (batch,), generator=generator)]
         else:
             new = near[x[pos], torch.randint(near.shape[1], (batch,), generator=generator)]
-        candidates = x.repeat(batch, 1)
-        candidates[torch.arange(batch), pos] = new
-        values = _losses(loss, candidates)
+        candidate, value = _best_single_swap(loss, x, pos, new)
         evaluations += batch
-        i = int(values.argmin())
-        if float(values[i]) < current:
-            x, current = candidates[i].clone(), float(values[i])
+        if value < current:
+            x, current = candidate, value
         if current < best_loss:
             best, best_loss = x.clone(), current
-        entry = {"step": step, "tokens": x.clone(), "loss": current, "best_loss": best_loss,
-                 "evaluations": evaluations}
-        trace.append(entry)
-        if on_step is not None:
-            on_step(entry)
+        entry = _entry(step, x, current, best_loss, evaluations)
+        _log(trace, on_step, entry)
     return SearchResult(best, best_loss, evaluations, 0, trace)
 
 
@@ -384,9 +393,6 @@ def autodan(loss: Callable[[torch.Tensor], torch.Tensor], grad: Callable[[torch.
         beams = [(pool[int(i)].clone(), float(values[i])) for i in order]
         x, current = beams[0]
         best_loss = min(best_loss, current)
-        entry = {"step": step, "tokens": x.clone(), "loss": current, "best_loss": best_loss,
-                 "evaluations": evaluations}
-        trace.append(entry)
-        if on_step is not None:
-            on_step(entry)
+        entry = _entry(step, x, current, best_loss, evaluations)
+        _log(trace, on_step, entry)
     return SearchResult(beams[0][0].clone(), beams[0][1], evaluations, calls, trace)

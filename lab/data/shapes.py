@@ -173,7 +173,51 @@ def image_pairs(n: int, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     return render(a, rng), render(b, rng), a, b, texts
 
 
-class WordTokenizer:
+class _Tokenizer:
+    """What the shapes world's tokenizers share: a text becomes at most ``seq_len − 1`` ids
+    (:meth:`_ids_of`, defined by each tokenizer), then <eos>, then <pad> (= 0) to ``seq_len``;
+    decoding stops at the first <eos> and joins the tokens' strings with :attr:`joiner`."""
+    vocab: tuple[str, ...]
+    seq_len: int
+    joiner = " "
+
+    def _ids_of(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def encode(self, texts) -> np.ndarray:
+        """(n, seq_len) int64 ids of a text or a list of texts; an unknown word raises ValueError."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            raise ValueError("texts is empty: give at least one text")
+        out = np.full((len(texts), self.seq_len), PAD, dtype=np.int64)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts must be strings; got {type(text).__name__}")
+            ids = self._ids_of(text)
+            out[i, :len(ids)] = ids
+            out[i, len(ids)] = EOS
+        return out
+
+    def decode(self, ids) -> list[str]:
+        """Texts of id rows, up to the first <eos>."""
+        texts = []
+        for row in np.atleast_2d(np.asarray(ids)):
+            parts = []
+            for i in row:
+                if int(i) == EOS:
+                    break
+                parts.append(self.vocab[int(i)])
+            texts.append(self.joiner.join(parts))
+        return texts
+
+    def __call__(self, texts):
+        import torch
+        return torch.from_numpy(self.encode(texts))
+
+
+class WordTokenizer(_Tokenizer):
     """Whitespace words → ids of :data:`VOCAB`; truncate to ``SEQ_LEN − 1`` = 21 words (the
     longest text the world writes), append <eos>, right-pad to ``SEQ_LEN`` = 22."""
     vocab = tuple(VOCAB)
@@ -186,42 +230,14 @@ class WordTokenizer:
     def free_words(self) -> tuple[str, ...]:
         return self.vocab[2:]
 
-    def encode(self, texts) -> np.ndarray:
-        """(n, SEQ_LEN) int64 ids of a text or a list of texts; an unknown word raises ValueError."""
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        if not texts:
-            raise ValueError("texts is empty: give at least one text")
-        out = np.full((len(texts), self.seq_len), PAD, dtype=np.int64)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts must be strings; got {type(text).__name__}")
-            words = text.split()[: self.seq_len - 1]
-            for j, word in enumerate(words):
-                if word not in self.ids:
-                    raise ValueError(f"word {word!r} in texts is not in the vocabulary; "
-                                     f"accepted words: {' '.join(self.free_words)}")
-                out[i, j] = self.ids[word]
-            out[i, len(words)] = EOS
-        return out
-
-    def decode(self, ids) -> list[str]:
-        """Texts of id rows, up to the first <eos>."""
-        ids = np.atleast_2d(np.asarray(ids))
-        texts = []
-        for row in ids:
-            words = []
-            for i in row:
-                if int(i) == EOS:
-                    break
-                words.append(self.vocab[int(i)])
-            texts.append(" ".join(words))
-        return texts
-
-    def __call__(self, texts):
-        import torch
-        return torch.from_numpy(self.encode(texts))
+    def _ids_of(self, text: str) -> list[int]:
+        ids = []
+        for word in text.split()[: self.seq_len - 1]:
+            if word not in self.ids:
+                raise ValueError(f"word {word!r} in texts is not in the vocabulary; "
+                                 f"accepted words: {' '.join(self.free_words)}")
+            ids.append(self.ids[word])
+        return ids
 
 
 def word_chunks(word: str, size: int = 3) -> list[str]:
@@ -232,13 +248,16 @@ def word_chunks(word: str, size: int = 3) -> list[str]:
     return [word[i:i + size] for i in range(0, len(word), size)]
 
 
-class ChunkTokenizer:
+class ChunkTokenizer(_Tokenizer):
     """Whitespace words → consecutive 3-character chunks → ids: ``<pad>``, ``<eos>``, then the
     53 distinct chunks of the 33 free words, sorted (55 ids). Chunks are truncated to
     ``seq_len − 1`` = 31, <eos> is appended, and the row is right-padded with <pad> (= 0) to 32.
-    A word outside :data:`VOCAB` raises ValueError, as for :class:`WordTokenizer`."""
+    A word outside :data:`VOCAB` raises ValueError, as for :class:`WordTokenizer`. Decoding joins
+    the chunks without spaces (word boundaries are not in the ids: "tri ang le" and "triangle"
+    encode alike)."""
     seq_len = 32
     chunk = 3
+    joiner = ""
 
     def __init__(self):
         words = VOCAB[2:]
@@ -254,36 +273,5 @@ class ChunkTokenizer:
                              f"{' '.join(VOCAB[2:])}")
         return [self.ids[c] for c in word_chunks(word, self.chunk)]
 
-    def encode(self, texts) -> np.ndarray:
-        """(n, 32) int64 ids of a text or a list of texts."""
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        if not texts:
-            raise ValueError("texts is empty: give at least one text")
-        out = np.full((len(texts), self.seq_len), PAD, dtype=np.int64)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts must be strings; got {type(text).__name__}")
-            ids = [j for w in text.split() for j in self.word_ids(w)][: self.seq_len - 1]
-            out[i, :len(ids)] = ids
-            out[i, len(ids)] = EOS
-        return out
-
-    def decode(self, ids) -> list[str]:
-        """The chunk strings of id rows joined without spaces, up to the first <eos> (word
-        boundaries are not in the ids: "tri ang le" and "triangle" encode alike)."""
-        ids = np.atleast_2d(np.asarray(ids))
-        texts = []
-        for row in ids:
-            parts = []
-            for i in row:
-                if int(i) == EOS:
-                    break
-                parts.append(self.vocab[int(i)])
-            texts.append("".join(parts))
-        return texts
-
-    def __call__(self, texts):
-        import torch
-        return torch.from_numpy(self.encode(texts))
+    def _ids_of(self, text: str) -> list[int]:
+        return [j for w in text.split() for j in self.word_ids(w)][: self.seq_len - 1]
