@@ -221,13 +221,20 @@ def test_the_notebook_cells_work_at_the_gpu_scale(stand_in):
     figs.prompts_table(prompts, targets)
     figs.regeneration_figure(targets, scores, "gpu", 0, n=3)
     figs.thesis_figure(scores, "gpu", 0)
-    figs.replay_figure(recovered, targets, models.generator, clip, "GCG", 0, 50, "gpu", 0)
+    replay = figs.replay_explorer(recovered, targets, models.generator, clip, "gpu", 0)
+    assert replay.params["optimiser"] == [*ex.MAIN, "AutoDAN, beam 4"]
+    drawn = len(stand_in["pipe"].calls)
+    replay(optimiser="AutoDAN, beam 4", progress=60)
+    assert len(stand_in["pipe"].calls) == drawn + 1          # one redrawing per replayed step
     obj0 = ex.objective(clip, targets, 0)
     assert len(obj0.allowed) == 52 and len(obj0.shown) == hub.SHOWN
     assert set(obj0.shown) <= set(obj0.allowed)
-    maps = figs.swap_maps(obj0, recovered["GCG"][0].tokens)
-    figs.gradient_figure(maps, cfg.gcg_k, "gpu", 0)
-    figs.pez_figure(recovered["PEZ"][0].trace, obj0, 2, "gpu", 0)
+    run = recovered["GCG"][0].trace
+    picks = {f"GCG step {e['step']}": e["tokens"] for e in (run[0], run[-1])}
+    figs.gradient_explorer(obj0, picks, cfg.gcg_k, "gpu", 0)(prompt="GCG step 1")
+    maps = figs.swap_maps(obj0, run[-1]["tokens"])
+    assert maps["exact"].shape == (4, hub.SHOWN) and -1 <= maps["rho"] <= 1
+    figs.pez_explorer(recovered["PEZ"][0].trace, obj0, "gpu", 0)(step=2)
     from lab.papers.prompt_recovery import answers
     assert answers.linear_swap_error(obj0, recovered["GCG"][0].tokens) >= 0
     import matplotlib.pyplot as plt

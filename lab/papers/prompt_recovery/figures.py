@@ -140,8 +140,18 @@ def replay_figure(recovered: dict, targets: ex.Targets, generator, clip, name: s
     return fig
 
 
+def replay_names(recovered: dict) -> tuple[str, ...]:
+    """The optimisers the replay offers: those of :data:`REPLAY` that ran (at a hub scale,
+    where AutoDAN runs without the prior, "AutoDAN, beam 4" in its place)."""
+    names = [n for n in REPLAY if n in recovered]
+    if "AutoDAN + LM, beam 4" not in recovered and "AutoDAN, beam 4" in recovered:
+        names.append("AutoDAN, beam 4")
+    return tuple(names)
+
+
 def replay_explorer(recovered, targets, generator, clip, scale: str, seed: int,
-                    names=tuple(REPLAY)) -> Explorer:
+                    names=None) -> Explorer:
+    names = replay_names(recovered) if names is None else tuple(names)
     traced = [i for i in range(len(targets.images)) if recovered[names[0]][i].trace is not None]
     return Explorer(lambda optimiser, target, progress: replay_figure(
         recovered, targets, generator, clip, optimiser, target, progress, scale, seed),

@@ -25,9 +25,12 @@ EXTRA = "pip install 'explorable-papers[gpu]' diffusers"
 
 def _library(name: str):
     try:
-        return importlib.import_module(name)
+        module = importlib.import_module(name)
     except ImportError as err:
         raise ImportError(f"the gpu scale of this chapter needs the {name} library: {EXTRA}") from err
+    with contextlib.suppress(AttributeError):      # no text progress bars in the notebook
+        module.utils.logging.disable_progress_bar()
+    return module
 
 
 def _offline(model_id: str, err: Exception) -> OSError:
@@ -332,7 +335,8 @@ def caption(model, processor, images, *, prefix: str = "") -> list[str]:
     if len(images) == 0:
         raise ValueError("images is empty: give at least one image")
     inputs = processor(images=list(images), text=[prefix] * len(images), return_tensors="pt")
-    inputs = inputs.to(model.device, model.dtype)
+    inputs = inputs.to(model.device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     out = model.generate(**inputs, num_beams=5, do_sample=False, min_new_tokens=11,
                          max_new_tokens=32)
     return [t.strip() for t in processor.batch_decode(out, skip_special_tokens=True)]
