@@ -16,10 +16,11 @@ def scrambled_order_similarity() -> float:
 
 
 def linear_swap_error(objective, tokens) -> float:
-    """Exercise 3: the largest |estimate − exact| over single swaps at a prompt."""
+    """Exercise 3: the largest |estimate − exact| over single swaps at a prompt (to the tokens
+    the explorers show: every free word at tiny scale)."""
     from ... import discrete
-    t = list(tokens)
-    est = discrete.swap_estimates(objective.grad(t), t)[:, list(pr.FREE_TOKENS)].double()
+    t, shown = list(tokens), list(objective.shown)      # the 33 free words at tiny scale
+    est = discrete.swap_estimates(objective.grad(t), t)[:, shown].double()
     exact = discrete.exact_swap_changes(objective.loss, t, objective.vocab,
-                                        allowed=list(pr.FREE_TOKENS))[:, list(pr.FREE_TOKENS)]
+                                        allowed=shown)[:, shown]
     return float((est - exact.double()).abs().max())

@@ -55,7 +55,13 @@ class ProxyObjective:
             self.target = F.normalize(clip.encode_image(clip.prepare_images(targets)), dim=-1)
         self.table = clip.text.token.weight.detach()
         self.allowed = FREE_TOKENS
+        self.shown = FREE_TOKENS          # the tokens the explorers show: all 33 free words
         self.evaluations = 0
+
+    @staticmethod
+    def decode(ids) -> str:
+        """Prompt ids → words."""
+        return decode(ids)
 
     @property
     def vocab(self) -> int:
