@@ -198,16 +198,18 @@ def course_notebook(chapter_id: str) -> nbformat.NotebookNode:
 
 
 def build(out: Path, chapters=None, *, release: bool = True, timeout: int = 3600) -> Path:
-    """Write the course folder `out` (``nbgrader_config.py`` and ``source/<chapter>/``) for
-    `chapters` (default: every ready chapter); with `release`, also the student versions in
-    ``release/`` by ``nbgrader generate_assignment``."""
+    """Write the course folder `out` (``nbgrader_config.py`` unless it is there, and
+    ``source/<chapter>/``) for `chapters` (default: every ready chapter); with `release`, also
+    the student versions in ``release/`` by ``nbgrader generate_assignment``."""
     ids = [get(c).id for c in chapters] if chapters else [c.id for c in CHAPTERS if c.ready]
     not_ready = [c for c in ids if not get(c).ready]
     if not_ready:
         raise ValueError(f"chapters not written yet: {', '.join(not_ready)}")
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "nbgrader_config.py").write_text(CONFIG.format(timeout=int(timeout)))
+    config = out / "nbgrader_config.py"
+    if not config.exists():          # a rebuild keeps the instructor's edits to it
+        config.write_text(CONFIG.format(timeout=int(timeout)))
     for cid in ids:
         folder = out / "source" / cid
         if folder.exists():
