@@ -3,6 +3,7 @@
 #   make test   unit tests, notebook tests (nbval, claims asserted), the book build with warnings
 #               as errors, checks of the rendered pages in headless Chromium, and every chapter
 #               run in JupyterLab with its main explorer moved live
+#   make course the chapters as nbgrader assignments in _build/course (source/ and release/)
 # nbval's execution of the chapters is handed to the book build; the live check runs each
 # chapter once more, warm (its training runs are checkpointed by then).
 SHELL := /bin/bash
@@ -15,7 +16,7 @@ export LAB_EXPLORERS := static
 export LAB_RESULTS_DIR := $(CURDIR)/_build/results
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test setup html clean
+.PHONY: book test setup html course clean
 
 book: setup html
 
@@ -36,6 +37,9 @@ test: setup
 	$(PY) -m pytest -m "not rendered and not live" --nbval-lax --nbval-current-env --nbval-cell-timeout 1200 tests book
 	$(MAKE) html
 	$(PY) -m pytest -m "rendered or live" tests
+
+course: setup
+	$(PY) -m lab course build --out _build/course
 
 clean:
 	rm -rf _build

@@ -1,5 +1,5 @@
 """``python -m lab list | run <chapter> [--scale S] [--seed N] | sweep <chapter> [--seeds 0-7]
-[--scale S] [--jobs N] | ledger``."""
+[--scale S] [--jobs N] | ledger | course build [--chapters a,b] [--out DIR]``."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +45,13 @@ def _chapter(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _chapters(text: str) -> list[str]:
+    ids = [_chapter(part.strip()) for part in text.split(",") if part.strip()]
+    if not ids:
+        raise argparse.ArgumentTypeError("--chapters needs at least one chapter id")
+    return ids
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lab", description="Run and inspect the book's chapters.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -64,6 +71,15 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--timeout", type=int, default=3600, help="seconds allowed per cell (default 3600)")
     ledger = sub.add_parser("ledger", help="print the claims of every chapter from the recorded results")
     ledger.add_argument("--results-dir", default=None, help="default: $LAB_RESULTS_DIR or _build/results")
+    course = sub.add_parser("course", help="the chapters as nbgrader assignments")
+    course_sub = course.add_subparsers(dest="action", required=True)
+    build = course_sub.add_parser("build", help="write an nbgrader course folder: source/ and the "
+                                  "student versions in release/")
+    build.add_argument("--chapters", type=_chapters, default=None,
+                       help="comma-separated chapter ids (default: every ready chapter)")
+    build.add_argument("--out", default=None, help="the course folder (default: _build/course)")
+    build.add_argument("--no-release", action="store_true",
+                       help="write source/ only, without running nbgrader generate_assignment")
     return p
 
 
@@ -212,6 +228,17 @@ def cmd_ledger(results_dir: str | None) -> int:
     return 0
 
 
+def cmd_course_build(chapters: list[str] | None, out: str | None, release: bool) -> int:
+    from .course.build import build
+
+    started = time.time()
+    folder = build(out or paths.build_dir() / "course", chapters, release=release)
+    names = chapters or [c.id for c in CHAPTERS if c.ready]
+    print(f"course folder {folder}: {len(names)} assignments ({', '.join(names)})"
+          + ("; student versions in release/" if release else "") + f"; {time.time() - started:.1f} s")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -221,6 +248,8 @@ def main(argv=None) -> int:
             return cmd_run(args.chapter, args.scale, args.seed, args.timeout)
         if args.command == "sweep":
             return cmd_sweep(args.chapter, args.seeds, args.scale, args.jobs, args.timeout)
+        if args.command == "course":
+            return cmd_course_build(args.chapters, args.out, not args.no_release)
         return cmd_ledger(args.results_dir)
     except ValueError as err:   # bad environment values (LAB_SCALE, LAB_SEED): say it plainly
         print(f"error: {err}", file=sys.stderr)
