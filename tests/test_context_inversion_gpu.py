@@ -146,3 +146,22 @@ def test_gpu_study_settings_are_checked():
         ex.GPUStudy(probe_set="quotes")
     with pytest.raises(ValueError, match="variants"):
         ex.GPUStudy(variants=("standard", "LoRA+"))
+
+
+def test_run_gpu_study_end_to_end_on_stand_ins(tmp_path, monkeypatch):
+    for name in gpu.OFFICIAL_SETS.values():
+        (tmp_path / name).write_text(json.dumps(ITEMS))
+
+    class Tokenizer:
+        eos_token_id = 0
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": encode(text)}
+
+    monkeypatch.setattr(gpu, "load_model", lambda name, device: (_neox(), Tokenizer()))
+    monkeypatch.setattr(gpu, "load_instructions", lambda count, seed: [("say hi", "hi")] * count)
+    study = ex.GPUStudy(examples=8, batch=4, checkpoint_every=1, length=48, probe_items=3)
+    out = ex.run_gpu_study(study, device="cpu", data_dir=tmp_path, progress=False)
+    assert 1 <= out["probe_items"] <= 3
+    assert set(study.variants) <= set(out)
+    assert [r["step"] for r in out["standard"]] == [0, 1, 2]
