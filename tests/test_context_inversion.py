@@ -188,10 +188,6 @@ def test_bad_variant_seed_and_config_type():
         m.finetune(m.ToyConfig())
     with pytest.raises(ValueError, match="seed"):
         m.build(m.ToyConfig(), seed=-1)
-    with pytest.raises(TypeError, match="study"):
-        ex.run_gpu_study("pythia")
-    with pytest.raises(NotImplementedError, match="not built"):
-        ex.run_gpu_study(ex.GPUStudy())
 
 
 def test_presets_and_summary():

@@ -23,3 +23,10 @@ def attention_to_win(cfg: ToyConfig = DEFAULT) -> float:
     """Exercise 3: the attention on the context at which the margin is 0 with the built memory."""
     copy, memory = logit_for(cfg.p_copy, cfg.answers), logit_for(cfg.p_mem, cfg.answers)
     return memory / (copy + memory)
+
+
+def copy_only_floor(distractor: float = 0.5) -> float:
+    """Exercise 6: the lowest mean loss of the tiny LM's C items that reading the context alone
+    can reach when a share `distractor` of them carries a distractor: a coin toss between two
+    slots costs ln 2, a clean context nothing."""
+    return distractor * math.log(2)

@@ -136,3 +136,28 @@ def mix_explorer(rows: list[dict], traces_by_fraction: dict, scale: str, seed: i
 
     return Explorer(render, {"fraction": list(traces_by_fraction)}, title="Data mix",
                     defaults={"fraction": list(traces_by_fraction)[len(traces_by_fraction) // 2]})
+
+
+LM_STYLE = {"full": (PALETTE["accent"], "-"), "QK-only": ("#4C72B0", "--"),
+            "no distractor": ("#55A868", "-.")}
+
+
+def lm_figure(runs: dict, scale: str, seed: int):
+    """M_C of the trained tiny transformer over IFT: the distractor world in each variant
+    (left), the facts world (right); solid: IFT-seen subjects, dotted: held-out subjects."""
+    fig, (ax1, ax2) = figure(2, width=9.0, height=3.1, sharey=True, width_ratios=(1.4, 1))
+    for name, trace in runs["slots"].items():
+        colour, style = LM_STYLE[name]
+        ax1.plot(trace.steps, trace["M_C_seen"], style, color=colour, label=f"{name}")
+        if name == "full":
+            ax1.plot(trace.steps, trace["M_C_heldout"], ":", color=colour, label="full, held-out subjects")
+    ax1.set(xlabel="IFT step", ylabel="M_C", ylim=(-0.03, 1.03), title="distractor world")
+    ax1.legend(fontsize=7, loc="upper right")
+    trace = runs["pairs"]["full"]
+    ax2.plot(trace.steps, trace["M_C_seen"], color=PALETTE["accent"], label="M_C")
+    ax2.plot(trace.steps, trace["M_C_heldout"], ":", color=PALETTE["accent"], label="M_C, held-out")
+    ax2.plot(trace.steps, trace["fresh_c"], "--", color=PALETTE["grey"], label="p(answer), fresh C items")
+    ax2.set(xlabel="IFT step", title="facts world")
+    ax2.legend(fontsize=7, loc="upper right")
+    stamp(fig, scale, seed, "trained 2-layer GPT; counterfactual items: memorised subject, clean context")
+    return fig
