@@ -94,6 +94,9 @@ SOLUTIONS: dict[str, dict[int, Solution]] = {
         3: S("import math\n"
              "L = {p: math.log(p * (100 - 1) / (1 - p)) for p in (0.6, 0.2)}\n"
              "answer_3 = L[0.6] / (L[0.2] + L[0.6])       # α L_copy = (1 − α) L_mem"),
+        6: S("import math\n"
+             "# with a distractor: a coin toss between the two slots (ln 2); without: no loss\n"
+             "answer_6 = 0.5 * math.log(2) + 0.5 * 0.0"),
     },
     "clip-differences": {
         1: S("import math\n"
