@@ -2,6 +2,7 @@
 interface with a counted budget, the stand-ins and the metrics (spec §6)."""
 import pytest
 import torch
+from standins import tiny_clip_config
 
 from lab.data import shapes
 from lab.nn.tinyclip import TinyCLIP
@@ -161,12 +162,7 @@ def test_generator_and_captioner_meet_the_spec():
 def _stand_in_clip():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    text = {"vocab_size": 40, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "max_position_embeddings": 12, "bos_token_id": 38,
-            "eos_token_id": 39, "pad_token_id": 0}
-    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-              "num_attention_heads": 2, "image_size": 16, "patch_size": 8}
-    config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)
+    config = tiny_clip_config(transformers, vocab=40, positions=12, bos=38, eos=39, pad=0)
     model = transformers.CLIPModel(config).eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from standins import tiny_clip_config
 
 transformers = pytest.importorskip("transformers")
 PIL = pytest.importorskip("PIL.Image")
@@ -34,12 +35,7 @@ def save_clip(folder, seed):
                                      model_max_length=24)
     tok.save_pretrained(folder)
     torch.manual_seed(seed)
-    text = {"vocab_size": 54, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "max_position_embeddings": 24, "bos_token_id": 52,
-            "eos_token_id": 53, "pad_token_id": 53}
-    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-              "num_attention_heads": 2, "image_size": 16, "patch_size": 8}
-    config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)
+    config = tiny_clip_config(transformers, vocab=54, positions=24, bos=52, eos=53, pad=53)
     transformers.CLIPModel(config).save_pretrained(folder)
     transformers.CLIPImageProcessor(size={"shortest_edge": 16},
                                     crop_size={"height": 16, "width": 16}).save_pretrained(folder)
