@@ -26,6 +26,7 @@ from pathlib import Path
 import nbformat
 
 from ..chapters import CHAPTERS, get
+from .feedback import CHECK_DEFAULTS
 from .solutions import SOLUTIONS
 
 EXERCISE_TAG = "exercise"
@@ -80,8 +81,8 @@ def _call_args(call: ast.Call, source: str) -> dict:
         raise ValueError(f"check call with unknown arguments {sorted(unknown)}")
     return {"name": call.args[0].value, "variable": call.args[1].id,
             "expected": ast.get_source_segment(source, call.args[2]),
-            "rel": ast.literal_eval(keywords["rel"]) if "rel" in keywords else 1e-3,
-            "abs_tol": ast.literal_eval(keywords["abs_tol"]) if "abs_tol" in keywords else 0.0}
+            **{k: ast.literal_eval(keywords[k]) if k in keywords else default
+               for k, default in CHECK_DEFAULTS.items()}}
 
 
 def parse_exercise(source: str) -> dict:
@@ -112,7 +113,7 @@ def _exercise_cells(ex: dict, solution, package: str) -> list:
     answer = nbformat.v4.new_code_cell(
         f"{var} = None\n### BEGIN SOLUTION\n{solution.code}\n### END SOLUTION")
     whole = ", whole=True" if solution.whole else ""
-    tolerance = f"rel={ex['rel']!r}" + (f", abs_tol={ex['abs_tol']!r}" if ex["abs_tol"] else "")
+    tolerance = f"rel={ex['rel']!r}, abs_tol={ex['abs_tol']!r}"
     test = nbformat.v4.new_code_cell("\n".join([
         *ex["others"],
         f"answered({ex['name']!r}, {var}{whole})",
