@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ... import _check, paths
+from ...nn.hublm import LogitsOnly
 
 OFFICIAL = "https://raw.githubusercontent.com/locuslab/context-parametric-inversion/main/"
 OFFICIAL_SETS = {"world_facts": "world_facts.json", "capitals": "country_capitals_only.json"}
@@ -289,17 +290,7 @@ def load_model(name: str, device="cuda", local_files_only: bool = False):
     except (OSError, ValueError) as err:
         raise RuntimeError(f"could not load the model {name!r} ({err}); the gpu study needs the "
                            "Hugging Face hub (a network) or a local copy of the model") from None
-
-    class Logits(nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-            self.config = inner.config
-
-        def forward(self, ids):
-            return self.inner(input_ids=ids, use_cache=False).logits
-
-    return Logits(model).to(device), tokenizer
+    return LogitsOnly(model).to(device), tokenizer
 
 
 def load_instructions(count: int, seed: int = 0) -> list[tuple[str, str]]:
