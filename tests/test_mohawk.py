@@ -9,8 +9,11 @@ import torch
 
 from lab.nn.gpt import GPTConfig
 from lab.papers.mohawk.experiments import (
+    ARMS,
+    ChapterConfig,
     MohawkConfig,
     WorldConfig,
+    arm_steps,
     copy_sequences,
     distill,
     train_teacher,
@@ -298,17 +301,57 @@ def test_copy_sequences_and_a_toy_run_of_every_arm():
                        eval_size=8, probe_size=4, frame_every=1)
     teacher, scores = train_teacher(cfg, 0, run_dir=False, progress=False)
     assert 0 <= scores["acc"] <= 1
-    for arm in ("mohawk", "kd_transfer", "kd_scratch"):
+    stages = {"mohawk": [1, 2, 3], "stages_13": [1, 3], "stages_23": [2, 3], "kd_transfer": [3],
+              "kd_scratch": [3]}
+    for arm in ARMS:
         r = distill(cfg, teacher, arm, 0, progress=False)
         assert len(r.frob_init) == cfg.n_layers and 0 <= r.final["acc"] <= 1 and r.final["kl_copy"] >= 0
-        assert sorted(r.losses) == ([1, 2, 3] if arm == "mohawk" else [3])
-        assert [s for s, _ in r.frob_curve] == ([0, 1, 2, 3] if arm == "mohawk" else [0])
+        assert sorted(r.losses) == stages[arm] and sum(r.steps) == 9
+        assert all(len(r.losses[k]) == r.steps[k - 1] for k in r.losses)
+        assert [s for s, _ in r.frob_curve] == ([0, 1, 2, 3] if 1 in stages[arm] else [0])
+        assert bool(r.maps) == (1 in stages[arm])
     with pytest.raises(ValueError, match="arm"):
         distill(cfg, teacher, "kd", 0)
+    with pytest.raises(ValueError, match="split"):
+        distill(cfg, teacher, "mohawk", 0, split=(3, 1, 5))
     with pytest.raises(ValueError, match="split"):
         MohawkConfig(split=(1, 1))
     with pytest.raises(ValueError, match="split"):
         MohawkConfig(split=(2, 3, 3))
+
+
+def test_arm_steps_keep_the_budget_and_drop_the_named_stages():
+    split = (20, 30, 150)
+    assert arm_steps("mohawk", split) == split
+    assert arm_steps("stages_13", split) == (20, 0, 180)
+    assert arm_steps("stages_23", split) == (0, 30, 170)
+    assert arm_steps("kd_transfer", split) == arm_steps("kd_scratch", split) == (0, 0, 200)
+    with pytest.raises(ValueError, match="arm"):
+        arm_steps("stage_3", split)
+    with pytest.raises(ValueError, match="split"):
+        arm_steps("mohawk", (1, 2))
+    with pytest.raises(ValueError, match=r"split\[1\]"):
+        arm_steps("mohawk", (1, -2, 3))
+
+
+def test_chapter_config_checks_its_grid_and_worlds():
+    from lab.papers.mohawk.experiments import PRESETS
+    tiny, gpu = PRESETS["tiny"], PRESETS["gpu"]
+    assert tiny.budget.world.skill == "recall" and tiny.budget_copy.world.skill == "copy"
+    assert set(tiny.budget.arms) == set(ARMS) and tiny.budget_copy.budget == tiny.budget.budget
+    assert gpu.budget.split == (54, 106, 1840) and gpu.grid == ((200, 200, 1600),) and gpu.a_biases == (0.0,)
+    with pytest.raises(ValueError, match="grid"):
+        ChapterConfig(copy=tiny.copy, budget=tiny.budget, wsd_lrs=(1e-3,) * 3, grid=((20, 20, 20),))
+    with pytest.raises(ValueError, match="split"):
+        ChapterConfig(copy=tiny.copy, budget=tiny.budget, wsd_lrs=(1e-3,) * 3, grid=((1, 39, 160),))
+    with pytest.raises(ValueError, match="budget"):
+        ChapterConfig(copy=tiny.copy, budget=tiny.copy, wsd_lrs=(1e-3,) * 3)
+    with pytest.raises(ValueError, match="budget_copy"):
+        ChapterConfig(copy=tiny.copy, budget=tiny.budget, wsd_lrs=(1e-3,) * 3, budget_copy=tiny.copy)
+    with pytest.raises(TypeError, match="a_biases"):
+        ChapterConfig(copy=tiny.copy, budget=tiny.budget, wsd_lrs=(1e-3,) * 3, a_biases=("0",))
+    with pytest.raises(ValueError, match="wsd_arms"):
+        ChapterConfig(copy=tiny.copy, budget=tiny.budget, wsd_lrs=(1e-3,) * 3, wsd_arms=("kd",))
 
 
 @pytest.mark.parametrize("skill", ["copy", "recall"])
@@ -411,6 +454,35 @@ def test_distill_keeps_stage1_snapshots_and_decays_and_the_budget_runner():
         run_budget(MohawkConfig(), 0)
 
 
+def test_the_budget_runner_fills_the_allocator_grid_and_the_decay_shifts():
+    from lab.papers.mohawk.experiments import run_budget
+    world = WorldConfig("recall", n_tokens=6, length=12, pairs=2)
+    cfg = MohawkConfig(world=world, d_model=16, d_state=4, batch=4, teacher_batch=4, teacher_steps=3,
+                       split=(3, 3, 6), eval_size=8, probe_size=4, frame_every=3, arms=ARMS)
+    out = run_budget(cfg, 0, progress=False, splits=((6, 0, 6), (3, 3, 6)), a_biases=(0.0, -4.0))
+    assert set(out["arms"]) == {(a, "onecycle") for a in ARMS}
+    assert set(out["grid"]) == {(3, 3, 6), (3, 0, 9), (0, 3, 9), (0, 0, 12), (6, 0, 6)}
+    assert out["grid"][3, 3, 6] is out["arms"]["mohawk", "onecycle"]
+    assert out["grid"][0, 0, 12] is out["arms"]["kd_transfer", "onecycle"]
+    extra = out["grid"][6, 0, 6]
+    assert extra.arm == "mohawk" and extra.steps == (6, 0, 6) and len(extra.losses[1]) == 6
+    assert set(out["biases"]) == {(a, b) for a in ARMS for b in (0.0, -4.0)}
+    assert out["biases"]["mohawk", -4.0] is out["arms"]["mohawk", "onecycle"]       # cfg.a_bias
+    shifted = out["biases"]["mohawk", 0.0]
+    assert not torch.equal(shifted.decays["before"][0], out["arms"]["mohawk", "onecycle"].decays["before"][0])
+    # the same seed, config and split give the same run: the grid entry of a named arm is that arm
+    again = distill(cfg, out["teacher"], "mohawk", 0, progress=False, split=(3, 0, 9))
+    assert again.final == out["grid"][3, 0, 9].final
+    # two worker processes give the same numbers as one
+    pooled = run_budget(cfg, 0, progress=False, splits=((6, 0, 6),), a_biases=(0.0,), workers=2)
+    for part in ("arms", "grid", "biases"):
+        assert {k: r.final for k, r in pooled[part].items()} == {k: out[part][k].final for k in pooled[part]}
+    with pytest.raises(ValueError, match="workers"):
+        run_budget(cfg, 0, progress=False, workers=0)
+    with pytest.raises(ValueError, match=r"splits\[0\]"):
+        run_budget(cfg, 0, progress=False, splits=((3, 3, 3),))
+
+
 def test_figures_and_explorers_render_on_a_toy_run():
     import matplotlib
     matplotlib.use("Agg")
@@ -438,9 +510,20 @@ def test_figures_and_explorers_render_on_a_toy_run():
         figs.matrix_explorer(run["arms"]["kd_scratch"], maps, "tiny", 0)
     world = WorldConfig("recall", n_tokens=6, length=12, pairs=2)
     wcfg = MohawkConfig(world=world, d_model=16, d_state=4, batch=4, teacher_batch=4, teacher_steps=3,
-                        split=(3, 3, 3), eval_size=8, probe_size=4)
+                        split=(3, 3, 3), eval_size=8, probe_size=4, arms=("mohawk", "kd_transfer", "kd_scratch"))
     out = run_budget(wcfg, 0, wsd_lrs=(1e-3,) * 3, progress=False)
     figs.arms_figure(out["arms"], ("knowledge", "recall"), "tiny", 0)
+    grid = out["grid"]                      # (3, 3, 3) and (0, 0, 9): a 2 × 2 picker, two cells run
+    assert set(grid) == {(3, 3, 3), (0, 0, 9)}
+    allocator = figs.allocator_explorer(grid, out["arms"]["kd_scratch", "onecycle"], ("knowledge", "recall"),
+                                        "tiny", 0)
+    assert len(allocator.static().frames) == 4
+    allocator(stage_1=0, stage_2=3)         # a split not run renders as such
+    with pytest.raises(ValueError, match="grid"):
+        figs.allocator_explorer({}, None, ("knowledge",), "tiny", 0)
+    with pytest.raises(ValueError, match="grid"):
+        figs.allocator_explorer({(3, 3, 3): grid[3, 3, 3], (0, 0, 3): grid[0, 0, 9]}, None, ("knowledge",),
+                                "tiny", 0)
 
 
 def test_shared_map_heatmap():
@@ -478,6 +561,21 @@ def test_phi_path_on_a_local_stand_in(tmp_path, monkeypatch):
     assert maps[0].triu(1).abs().max() == 0 and torch.allclose(maps[0].sum(-1), torch.ones(2, 4, 10))
     mixer, losses = phi_stage1(model, toks, layer=1, steps=30, lr=3e-3, d_state=8)
     assert mixer.n_v_heads == 4 and losses[-1] < losses[0]
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[UNK]", "the", "cat", "sat"])},
+                                      unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]").save_pretrained(tmp_path / "phi")
+    model, tok = load_phi(str(tmp_path / "phi"), local_only=True, tokenizer=True)
+    assert tok("the cat sat")["input_ids"] == [1, 2, 3]
+    import matplotlib
+    matplotlib.use("Agg")
+    from lab.papers.mohawk import figures as figs
+    fig = figs.phi_stage1_figure(model, toks, layer=0, head=1, steps=5, d_state=8)
+    assert len(fig.axes) == 3
+    with pytest.raises(ValueError, match="head"):
+        figs.phi_stage1_figure(model, toks, layer=0, head=4, steps=2)
     with pytest.raises(RuntimeError, match="could not load"):
         load_phi(str(tmp_path / "missing"), local_only=True)
     monkeypatch.setitem(__import__("sys").modules, "transformers", None)

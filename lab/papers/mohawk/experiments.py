@@ -1,12 +1,13 @@
 """The MOHAWK chapter's experiments: two worlds (a copy language; a budget-limited mixture of a
-Markov "knowledge" language and a mixer skill), a trained teacher, and the student arms at a fixed
-step budget (MOHAWK's three stages; KD after weight transfer; KD from scratch), with the
-measurements behind the claims; one config per scale.
+Markov "knowledge" language and a mixer skill, recall or copy), a trained teacher, and the student
+arms at a fixed step budget (MOHAWK's three stages; the ablations 1+3 and 2+3; KD after weight
+transfer; KD from scratch), with the measurements behind the claims; one config per scale.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 
 import torch
@@ -16,6 +17,7 @@ from ... import _check
 from ...data.tasks import copy_batch
 from ...data.tokens import Domain, markov, markov2, recall
 from ...nn.gpt import GPTConfig
+from ...parallel import run_jobs
 from ...train import TrainConfig, resolve_run_dir, train
 from .method import (
     DiscreteMamba2,
@@ -31,7 +33,19 @@ from .method import (
     transfer_weights,
 )
 
-ARMS = ("mohawk", "kd_transfer", "kd_scratch")
+ARMS = ("mohawk", "stages_13", "stages_23", "kd_transfer", "kd_scratch")
+
+
+def arm_steps(arm: str, split: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The steps an arm spends on stages 1, 2, 3 at the budget ``sum(split)``: "mohawk" the split
+    itself; "stages_13" / "stages_23" drop stage 2 / stage 1 and give its steps to stage 3;
+    "kd_transfer" and "kd_scratch" spend the whole budget on stage 3."""
+    arm = _check.choice("arm", arm, ARMS)
+    if len(split) != 3:
+        raise ValueError(f"split must hold three step counts; got {split!r}")
+    s1, s2, s3 = (_check.integer(f"split[{i}]", n, low=0) for i, n in enumerate(split))
+    return {"mohawk": (s1, s2, s3), "stages_13": (s1, 0, s2 + s3), "stages_23": (0, s2, s1 + s3),
+            "kd_transfer": (0, 0, s1 + s2 + s3), "kd_scratch": (0, 0, s1 + s2 + s3)}[arm]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +215,13 @@ class MohawkConfig:
         return sum(self.split)
 
     def data(self, seed: int) -> Data:
-        return Data(self, seed)
+        return _data(self, _check.integer("seed", seed))
+
+
+@functools.lru_cache(maxsize=4)
+def _data(cfg: MohawkConfig, seed: int) -> Data:
+    # one world per (config, seed): building the knowledge language's stationary law takes ~1 s
+    return Data(cfg, seed)
 
 
 class Data:
@@ -261,37 +281,72 @@ WORLD_V2 = dataclasses.replace(WORLD_V4, world=WorldConfig("recall"))
 
 @dataclasses.dataclass(frozen=True)
 class ChapterConfig:
-    """One scale's chapter: the copy language (spec §3), the budget-limited world (spec §3b) with
-    its arms under OneCycle and, for `wsd_arms`, under per-stage warmup–stable–decay at
-    `wsd_lrs` (a rate per stage, chosen on seeds 0–1), and the matrix-class fits."""
+    """One scale's chapter: the copy language (spec §3); the budget-limited world (spec §3b's v2,
+    recall) with its arms under OneCycle and, for `wsd_arms`, under per-stage warmup–stable–decay
+    at `wsd_lrs` (a rate per stage, chosen on seeds 0–1); the same world with a copy skill
+    (`budget_copy`, spec §3b's v4), its arms under OneCycle; more MOHAWK splits of the budget
+    world for the token-budget allocator (`grid`, each summing to its budget); every budget-world
+    arm again at each decay shift of `a_biases`; and the matrix-class fits."""
     copy: MohawkConfig
     budget: MohawkConfig
     wsd_lrs: tuple[float, float, float]
     wsd_arms: tuple[str, ...] = ("mohawk", "kd_transfer")
+    budget_copy: MohawkConfig | None = None
+    grid: tuple[tuple[int, int, int], ...] = ()
+    a_biases: tuple[float, ...] = ()
     fit_steps: int = 200
     fit_maps: int = 4
+    workers: int = 1                        # processes for the student runs (1: this one)
     minutes: float = 3.0
 
     def __post_init__(self):
+        _check.integer("workers", self.workers, low=1)
+        for name in ("copy", "budget"):
+            if not isinstance(getattr(self, name), MohawkConfig):
+                raise TypeError(f"{name} must be a MohawkConfig; got {type(getattr(self, name)).__name__}")
+        if self.budget.world is None:
+            raise ValueError("budget must describe a budget-limited world (its world is None)")
+        if self.budget_copy is not None and (not isinstance(self.budget_copy, MohawkConfig)
+                                             or self.budget_copy.world is None):
+            raise ValueError("budget_copy must be None or a MohawkConfig with a world")
         for arm in self.wsd_arms:
             _check.choice("wsd_arms", arm, ARMS)
         if len(self.wsd_lrs) != 3:
             raise ValueError(f"wsd_lrs must hold three rates; got {self.wsd_lrs!r}")
+        for i, split in enumerate(self.grid):
+            dataclasses.replace(self.budget, split=tuple(split))      # the split's own checks
+            if sum(split) != self.budget.budget:
+                raise ValueError(f"grid[{i}] must spend the budget world's {self.budget.budget} "
+                                 f"steps; got {split!r}")
+        for b in self.a_biases:
+            _check.real("a_biases", b)
 
 
 TINY_BUDGET = dataclasses.replace(WORLD_V2, teacher_steps=1000, split=(20, 20, 160), eval_size=256)
+GPU_BUDGET = dataclasses.replace(WORLD_V2, world=WorldConfig("recall", length=128, pairs=8),
+                                 d_model=256, n_layers=4, n_heads=8, d_state=32,
+                                 teacher_steps=4000, split=(54, 106, 1840), batch=64)
+
+
+def _with_copy_skill(cfg: MohawkConfig) -> MohawkConfig:
+    """The same budget world with copy as its mixer skill (spec §3b's v4), three arms."""
+    return dataclasses.replace(cfg, world=dataclasses.replace(cfg.world, skill="copy"),
+                               arms=("mohawk", "kd_transfer", "kd_scratch"))
+
 
 PRESETS = {
-    "tiny": ChapterConfig(copy=MohawkConfig(), budget=TINY_BUDGET, wsd_lrs=(3e-3, 3e-3, 3e-3)),
-    # not yet run on a GPU: a deeper teacher, longer sequences, the paper's split 2.7/5.3/92 %
+    "tiny": ChapterConfig(copy=MohawkConfig(), budget=TINY_BUDGET, wsd_lrs=(3e-3, 3e-3, 3e-3),
+                          wsd_arms=("mohawk", "kd_transfer", "kd_scratch"),
+                          budget_copy=_with_copy_skill(TINY_BUDGET), workers=2),
+    # not yet run on a GPU: a deeper teacher, longer sequences, the paper's split 2.7/5.3/92 %,
+    # and spec §4's ablation grid: the five arms at b_a = −4 and 0, and MOHAWK at the tiny split too
     "gpu": ChapterConfig(
         copy=MohawkConfig(vocab=32, length=64, d_model=256, n_layers=4, n_heads=8, d_state=32,
                           teacher_batch=64, teacher_steps=4000, batch=64, split=(54, 106, 1840),
                           eval_size=512, probe_size=64, frame_every=18, minutes=20),
-        budget=dataclasses.replace(WORLD_V2, world=WorldConfig("recall", length=128, pairs=8),
-                                   d_model=256, n_layers=4, n_heads=8, d_state=32,
-                                   teacher_steps=4000, split=(54, 106, 1840), batch=64),
-        wsd_lrs=(3e-3, 3e-3, 3e-3), fit_steps=500, minutes=20),
+        budget=GPU_BUDGET, wsd_lrs=(3e-3, 3e-3, 3e-3),
+        wsd_arms=("mohawk", "kd_transfer", "kd_scratch"), budget_copy=_with_copy_skill(GPU_BUDGET),
+        grid=((200, 200, 1600),), a_biases=(0.0,), fit_steps=500, minutes=20),
 }
 
 
@@ -347,6 +402,7 @@ class ArmResult:
     # (stage-1 step, per layer T_S (H, T, T) of the first probe sequence)
     decays: dict[str, list[torch.Tensor]] = dataclasses.field(default_factory=dict)
     # "before" / "after" stage 1: per layer α (T, H) of the first probe sequence
+    steps: tuple[int, int, int] = (0, 0, 0)  # steps spent on stages 1, 2, 3
 
 
 def student(cfg: MohawkConfig, seed: int) -> ParallelLM:
@@ -378,14 +434,17 @@ def teacher_maps(teacher: ParallelLM, tokens: torch.Tensor) -> list[torch.Tensor
 def distill(cfg: MohawkConfig, teacher: ParallelLM, arm: str, seed: int, progress: bool = True,
             split: tuple[int, int, int] | None = None, lrs: tuple[float, float, float] | None = None,
             schedule: str = "onecycle") -> ArmResult:
-    """One student arm at the budget ``sum(cfg.split)``: "mohawk" (transfer, stages 1, 2, 3 with
-    ``cfg.split`` or `split`), "kd_transfer" (transfer, then stage 3 for the whole budget),
-    "kd_scratch" (stage 3 for the whole budget from a fresh student). `lrs`: a rate per stage;
-    `schedule`: each stage's schedule, restarted per stage ("onecycle" or "wsd")."""
+    """One student arm at the budget ``sum(cfg.split)`` (or ``sum(split)``): every arm but
+    "kd_scratch" starts by copying the teacher's non-mixer weights, then spends its steps on the
+    stages as :func:`arm_steps` allots them. `lrs`: a rate per stage; `schedule`: each stage's
+    schedule, restarted per stage ("onecycle" or "wsd")."""
     arm = _check.choice("arm", arm, ARMS)
     seed = _check.integer("seed", seed)
     schedule = _check.choice("schedule", schedule, SCHEDULES)
-    split = cfg.split if split is None else split
+    split = cfg.split if split is None else tuple(split)
+    steps = arm_steps(arm, split)
+    if steps[2] < 3 or any(0 < n < 3 for n in steps):
+        raise ValueError(f"split must give every stage 0 or ≥ 3 steps and stage 3 at least 3; got {split!r}")
     lrs = (cfg.lr,) * 3 if lrs is None else lrs
     if len(lrs) != 3:
         raise ValueError(f"lrs must hold three rates; got {lrs!r}")
@@ -396,9 +455,8 @@ def distill(cfg: MohawkConfig, teacher: ParallelLM, arm: str, seed: int, progres
         transfer_weights(teacher, model)
     probe = data.probe
     frob_init = matrix_errors(model, teacher, probe).tolist()
-    steps = split if arm == "mohawk" else (0, 0, sum(split))
     losses, curve = {}, [(0, frob_init)]
-    maps = [(0, probe_maps(model, teacher, probe))] if arm == "mohawk" else []
+    maps = [(0, probe_maps(model, teacher, probe))] if steps[0] else []
     decays = {"before": probe_decays(model, teacher, probe)}
 
     def batch(generator):
@@ -423,39 +481,74 @@ def distill(cfg: MohawkConfig, teacher: ParallelLM, arm: str, seed: int, progres
             after12 = data.evaluate(model, teacher)
     return ArmResult(arm, seed, frob_init, frob_stage1, curve, rel, after12,
                      matrix_errors(model, teacher, probe).tolist(), data.evaluate(model, teacher),
-                     losses, time.time() - start, schedule, maps, decays)
+                     losses, time.time() - start, schedule, maps, decays, steps)
 
 
 def run_budget(cfg: MohawkConfig, seed: int, wsd_lrs: tuple[float, float, float] | None = None,
-               progress: bool = True, wsd_arms: tuple[str, ...] | None = None) -> dict:
-    """The budget-limited world: its teacher, then every arm of ``cfg.arms`` under OneCycle at
-    ``cfg.lr`` and, with `wsd_lrs`, the arms `wsd_arms` (default all) under per-stage
-    warmup–stable–decay at those rates.
-    Returns {"teacher", "teacher_scores", "teacher_seconds", "arms": {(arm, schedule): ArmResult}}."""
+               progress: bool = True, wsd_arms: tuple[str, ...] | None = None,
+               splits: tuple[tuple[int, int, int], ...] = (), a_biases: tuple[float, ...] = (),
+               workers: int = 1) -> dict:
+    """A budget-limited world: its teacher, then every arm of ``cfg.arms`` under OneCycle at
+    ``cfg.lr``; with `wsd_lrs`, the arms `wsd_arms` (default all) under per-stage
+    warmup–stable–decay at those rates; MOHAWK at each split of `splits` (same budget); and every
+    arm of ``cfg.arms`` again under OneCycle with the decay shift b_a of each of `a_biases`.
+    The student runs go to `workers` processes (:func:`lab.parallel.run_jobs`; each run seeds
+    itself, so the numbers do not depend on it).
+    Returns {"teacher", "teacher_scores", "teacher_seconds",
+    "arms": {(arm, schedule): ArmResult},
+    "grid": {steps (s1, s2, s3): ArmResult} (every run that starts from the transferred weights,
+    OneCycle, ``cfg.a_bias``: the allocator's grid), "biases": {(arm, b_a): ArmResult}}."""
     if not isinstance(cfg, MohawkConfig) or cfg.world is None:
         raise TypeError(f"cfg must be a MohawkConfig with a world; got {cfg!r:.80}")
+    for i, split in enumerate(splits):
+        if len(split) != 3 or sum(split) != cfg.budget:
+            raise ValueError(f"splits[{i}] must be three step counts summing to {cfg.budget}; got {split!r}")
+    biases_asked = [_check.real("a_biases", b) for b in a_biases]
+    workers = _check.integer("workers", workers, low=1)
     t0 = time.time()
     teacher, scores = train_teacher(cfg, seed, progress=progress)
     teacher_seconds = time.time() - t0
-    arms = {}
+    keys, jobs = [], []
+
+    def add(key, c, arm, split=None, lrs=None, schedule="onecycle"):
+        keys.append(key)
+        jobs.append((c, teacher, arm, seed, progress and workers == 1, split, lrs, schedule))
+
     for schedule, lrs in (("onecycle", None), ("wsd", wsd_lrs)):
         if schedule == "wsd" and wsd_lrs is None:
             continue
         for arm in cfg.arms:
             if schedule == "wsd" and wsd_arms is not None and arm not in wsd_arms:
                 continue
-            arms[arm, schedule] = distill(cfg, teacher, arm, seed, progress, lrs=lrs, schedule=schedule)
-    return {"teacher": teacher, "teacher_scores": scores, "teacher_seconds": teacher_seconds, "arms": arms}
+            add((arm, schedule), cfg, arm, lrs=lrs, schedule=schedule)
+    named = {arm_steps(arm, cfg.split) for arm in cfg.arms if arm != "kd_scratch"}
+    for split in dict.fromkeys(tuple(s) for s in splits):
+        if split not in named:
+            add(split, cfg, "mohawk", split=split)
+    for b in dict.fromkeys(biases_asked):
+        if b != cfg.a_bias:
+            for arm in cfg.arms:
+                add((arm, b), dataclasses.replace(cfg, a_bias=b), arm)
+    done = dict(zip(keys, run_jobs(distill, jobs, workers, desc="student runs")))
+    arms = {k: done[k] for k in keys if len(k) == 2 and k[1] in SCHEDULES}
+    grid = {r.steps: r for (arm, schedule), r in arms.items() if schedule == "onecycle" and arm != "kd_scratch"}
+    grid.update({k: done[k] for k in keys if len(k) == 3})
+    biases = {(arm, b): arms[arm, "onecycle"] if b == cfg.a_bias else done[arm, b]
+              for b in dict.fromkeys(biases_asked) for arm in cfg.arms}
+    return {"teacher": teacher, "teacher_scores": scores, "teacher_seconds": teacher_seconds,
+            "arms": arms, "grid": grid, "biases": biases}
 
 
-def run_experiment(cfg: MohawkConfig, seed: int, progress: bool = True) -> dict:
-    """The teacher, then every arm of ``cfg.arms`` on `seed`."""
+def run_experiment(cfg: MohawkConfig, seed: int, progress: bool = True, workers: int = 1) -> dict:
+    """The teacher, then every arm of ``cfg.arms`` on `seed` (in `workers` processes)."""
     if not isinstance(cfg, MohawkConfig):
         raise TypeError(f"cfg must be a MohawkConfig; got {type(cfg).__name__}")
+    workers = _check.integer("workers", workers, low=1)
     t0 = time.time()
     teacher, scores = train_teacher(cfg, seed, progress=progress)
     teacher_seconds = time.time() - t0
-    arms = {arm: distill(cfg, copy.deepcopy(teacher), arm, seed, progress) for arm in cfg.arms}
+    jobs = [(cfg, copy.deepcopy(teacher), arm, seed, progress and workers == 1) for arm in cfg.arms]
+    arms = dict(zip(cfg.arms, run_jobs(distill, jobs, workers, desc="student runs")))
     return {"teacher": teacher, "teacher_scores": scores, "teacher_seconds": teacher_seconds, "arms": arms}
 
 
@@ -465,15 +558,16 @@ def run_experiment(cfg: MohawkConfig, seed: int, progress: bool = True) -> dict:
 PHI = "microsoft/phi-1_5"
 
 
-def load_phi(name_or_path: str = PHI, local_only: bool | None = None):
+def load_phi(name_or_path: str = PHI, local_only: bool | None = None, tokenizer: bool = False):
     """Phi-1.5 (or any Phi checkpoint: a hub id or a local folder) with eager attention, so that
-    it returns its post-softmax attention matrices. `local_only` (default: True when
-    ``HF_HUB_OFFLINE`` is set) forbids downloads. Raises RuntimeError with the reason when
-    ``transformers`` is missing or the weights cannot be had offline."""
+    it returns its post-softmax attention matrices; with `tokenizer`, (model, its tokenizer).
+    `local_only` (default: True when ``HF_HUB_OFFLINE`` is set) forbids downloads. Raises
+    RuntimeError with the reason when ``transformers`` is missing or the weights cannot be had
+    offline."""
     if not isinstance(name_or_path, str) or not name_or_path:
         raise ValueError(f"name_or_path must be a hub id or a folder; got {name_or_path!r}")
     try:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as err:
         raise RuntimeError("load_phi needs the `transformers` package (the gpu extra): "
                            "pip install transformers") from err
@@ -483,10 +577,12 @@ def load_phi(name_or_path: str = PHI, local_only: bool | None = None):
         model = AutoModelForCausalLM.from_pretrained(name_or_path, attn_implementation="eager",
                                                      local_files_only=local_only,
                                                      torch_dtype=torch.float32, use_safetensors=True)
+        tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_only) if tokenizer else None
     except (OSError, ValueError) as err:
         raise RuntimeError(f"could not load {name_or_path!r} (offline, or not downloaded yet: it "
                            f"needs the network once); the loader said: {err}") from err
-    return model.eval().requires_grad_(False)
+    model = model.eval().requires_grad_(False)
+    return (model, tok) if tokenizer else model
 
 
 @torch.no_grad()
@@ -520,15 +616,3 @@ def phi_stage1(model, tokens: torch.Tensor, layer: int, steps: int = 100, lr: fl
         opt.step()
         losses.append(loss.item())
     return mixer, losses
-
-
-def from_environment(cfg: ChapterConfig) -> ChapterConfig:
-    """``LAB_MOHAWK_WORLD`` = ``recall`` (default: the budget world's v2) or ``copy`` (v4): the
-    mixer skill mixed with the knowledge language."""
-    import os
-    skill = os.environ.get("LAB_MOHAWK_WORLD", "recall").strip() or "recall"
-    skill = _check.choice("LAB_MOHAWK_WORLD", skill, SKILLS)
-    if skill == cfg.budget.world.skill:
-        return cfg
-    world = dataclasses.replace(cfg.budget.world, skill=skill)
-    return dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, world=world))

@@ -1,10 +1,12 @@
 """Figures and explorers of the MOHAWK chapter: the stages' losses, the teacher's attention beside
-the student's materialised matrix during stage 1, which matrix class fits an attention map, and
-the student's decays before and after stage 1."""
+the student's materialised matrix during stage 1, which matrix class fits an attention map, the
+student's decays before and after stage 1, the arms of the budget worlds, the token-budget
+allocator, and a stage-1 fit to a real Phi layer."""
 from __future__ import annotations
 
 import numpy as np
 import torch
+from matplotlib.patches import Rectangle
 
 from ... import _check
 from ...viz.explorer import Explorer
@@ -12,8 +14,12 @@ from ...viz.maps import causal_heatmap, colour_top
 from ...viz.style import PALETTE, figure, stamp
 from . import method as mm
 
-ARM_LABELS = {"mohawk": "MOHAWK (1+2+3)", "kd_transfer": "KD after transfer", "kd_scratch": "KD from scratch"}
-ARM_COLOURS = {"mohawk": PALETTE["accent"], "kd_transfer": "#4C72B0", "kd_scratch": PALETTE["grey"]}
+ARM_LABELS = {"mohawk": "MOHAWK (1+2+3)", "stages_13": "stages 1+3", "stages_23": "stages 2+3",
+              "kd_transfer": "KD after transfer", "kd_scratch": "KD from scratch"}
+ARM_SHORT = {"mohawk": "1+2+3", "stages_13": "1+3", "stages_23": "2+3", "kd_transfer": "3, transfer",
+             "kd_scratch": "3, scratch"}
+ARM_COLOURS = {"mohawk": PALETTE["accent"], "stages_13": "#DD8452", "stages_23": "#8172B3",
+               "kd_transfer": "#4C72B0", "kd_scratch": PALETTE["grey"]}
 CLASS_LABELS = {"ssd": "SSD (semiseparable)", "linear_attention": "linear attention",
                 "toeplitz": "causal Toeplitz", "low_rank": "causal low-rank"}
 
@@ -159,9 +165,9 @@ def decay_explorer(run, scale: str, seed: int) -> Explorer:
 
 
 def arms_figure(results: dict, domains: tuple[str, ...], scale: str, seed: int):
-    """KL(teacher ‖ student) per domain for each arm and schedule of the budget world."""
+    """KL(teacher ‖ student) per domain for each arm and schedule of a budget world."""
     keys = sorted(results, key=lambda k: (k[1], list(ARM_LABELS).index(k[0])))
-    fig, axes = figure(len(domains), width=9, height=3)
+    fig, axes = figure(len(domains), width=9, height=3.2)
     axes = np.atleast_1d(axes)
     for ax, dom in zip(axes, domains):
         vals = [results[k].final[f"kl_{dom}"] for k in keys]
@@ -170,7 +176,86 @@ def arms_figure(results: dict, domains: tuple[str, ...], scale: str, seed: int):
         bars = ax.bar(range(len(keys)), vals, color=colours)
         for bar, hatch in zip(bars, hatches):
             bar.set_hatch(hatch)
-        ax.set_xticks(range(len(keys)), [f"{a.replace('_', ' ')}\n{s}" for a, s in keys], fontsize=9)
+        ax.set_xticks(range(len(keys)), [ARM_SHORT[a] for a, _ in keys], fontsize=8, rotation=90)
         ax.set(ylabel="KL per token", title=f"domain: {dom}")
-    stamp(fig, scale, seed, "hatched: per-stage warmup–stable–decay")
+    if any(s != "onecycle" for _, s in keys):
+        stamp(fig, scale, seed, "stages run by each arm; hatched: per-stage warmup–stable–decay")
+    else:
+        stamp(fig, scale, seed, "stages run by each arm; OneCycle")
+    return fig
+
+
+def allocator_explorer(grid: dict, scratch, domains: tuple[str, ...], scale: str, seed: int) -> Explorer:
+    """The token-budget allocator: pick how many of the fixed budget's steps go to stage 1 and to
+    stage 2 (stage 3 gets the rest). Left: the summed KL of every split that was run, the pick
+    outlined; right: the pick's KL per domain beside KD from scratch (`scratch`, or None)."""
+    if not grid:
+        raise ValueError("grid must hold at least one run ({(s1, s2, s3): ArmResult})")
+    budgets = {sum(k) for k in grid}
+    if len(budgets) != 1:
+        raise ValueError(f"grid must hold splits of one budget; got budgets {sorted(budgets)}")
+    budget = budgets.pop()
+    s1s, s2s = sorted({k[0] for k in grid}), sorted({k[1] for k in grid})
+
+    def total(r):
+        return sum(r.final[f"kl_{d}"] for d in domains)
+
+    table = np.full((len(s1s), len(s2s)), np.nan)
+    for (a, b, _), r in grid.items():
+        table[s1s.index(a), s2s.index(b)] = total(r)
+
+    def render(stage_1, stage_2):
+        fig, (ax1, ax2) = figure(2, width=9, height=3.2)
+        im = ax1.imshow(table, cmap="viridis_r", origin="lower", aspect="auto")
+        for i in range(len(s1s)):
+            for j in range(len(s2s)):
+                text = "not run" if np.isnan(table[i, j]) else f"{table[i, j]:.3f}"
+                ax1.text(j, i, text, ha="center", va="center", fontsize=9, color="white",
+                         bbox={"facecolor": "black", "alpha": 0.4, "lw": 0, "pad": 1})
+        i, j = s1s.index(stage_1), s2s.index(stage_2)
+        ax1.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=3, ec=PALETTE["accent"]))
+        ax1.set_xticks(range(len(s2s)), s2s)
+        ax1.set_yticks(range(len(s1s)), s1s)
+        ax1.set(xlabel="stage-2 steps", ylabel="stage-1 steps", title=f"summed KL, budget {budget}")
+        fig.colorbar(im, ax=ax1, shrink=0.8)
+        run = grid.get((stage_1, stage_2, budget - stage_1 - stage_2))
+        x = np.arange(len(domains))
+        if run is None:
+            ax2.text(0.5, 0.5, "this split was not run\nat this scale", ha="center", va="center",
+                     transform=ax2.transAxes)
+        else:
+            ax2.bar(x - 0.2, [run.final[f"kl_{d}"] for d in domains], 0.4, color=PALETTE["accent"],
+                    label=f"split {stage_1}/{stage_2}/{budget - stage_1 - stage_2}")
+        if scratch is not None:
+            ax2.bar(x + 0.2, [scratch.final[f"kl_{d}"] for d in domains], 0.4,
+                    color=ARM_COLOURS["kd_scratch"], label="KD from scratch")
+        ax2.set_xticks(x, domains)
+        ax2.set(ylabel="KL per token", title="KL per domain")
+        ax2.legend(fontsize=9)
+        stamp(fig, scale, seed, "every split starts from the transferred weights; OneCycle per stage")
+        return fig
+
+    return Explorer(render, {"stage_1": s1s, "stage_2": s2s},
+                    title="Token-budget allocator: stage 1 and 2 steps at a fixed budget",
+                    defaults={"stage_1": s1s[-1], "stage_2": s2s[-1]}, dpi=72)
+
+
+def phi_stage1_figure(model, tokens: torch.Tensor, layer: int, head: int = 0, steps: int = 100,
+                      scale: str = "gpu", seed: int = 0, **fit_kw):
+    """A real Phi layer's attention A (one head, first sequence of `tokens`) beside a fresh discrete
+    Mamba-2 mixer's T_S after `steps` steps of stage 1 on that layer, and the stage-1 loss."""
+    from .experiments import phi_stage1, phi_trace
+    mixer, losses = phi_stage1(model, tokens, layer, steps=steps, seed=seed, **fit_kw)
+    inputs, maps = phi_trace(model, tokens[:1])
+    head = _check.integer("head", head, low=0, high=maps[layer].shape[1] - 1)
+    with torch.no_grad():
+        A = maps[layer][0, head].float().numpy()
+        S = mixer.mixing_matrix(inputs[layer])[0, head].numpy()
+    fig, axes = figure(3, width=9, height=2.8)
+    top = colour_top("log", [A, S])
+    causal_heatmap(axes[0], A, f"Phi · layer {layer} · head {head}", "log", top)
+    causal_heatmap(axes[1], S, f"student T_S after {steps} steps", "log", top)
+    axes[2].plot(np.arange(1, len(losses) + 1), losses)
+    axes[2].set(xlabel="stage-1 step", ylabel="mean ‖T_S − A‖_F", yscale="log", title="stage-1 loss")
+    stamp(fig, scale, seed, "one layer fitted alone, fed Phi's own input to it")
     return fig
