@@ -320,6 +320,15 @@ def test_copy_sequences_and_a_toy_run_of_every_arm():
         MohawkConfig(split=(2, 3, 3))
 
 
+def test_the_worlds_sample_on_the_cpu_from_a_cpu_generator_itself():
+    from lab.papers.mohawk.experiments import host_generator
+    g = torch.Generator().manual_seed(0)
+    assert host_generator(g) is g           # the CPU path draws exactly as before
+    cfg = MohawkConfig(world=WorldConfig("recall", n_tokens=6, length=12, pairs=2))
+    x, y = cfg.data(0).batch(3, torch.Generator().manual_seed(1))
+    assert x.device.type == "cpu" and x.shape == y.shape == (3, 12)
+
+
 def test_arm_steps_keep_the_budget_and_drop_the_named_stages():
     split = (20, 30, 150)
     assert arm_steps("mohawk", split) == split

@@ -218,6 +218,20 @@ class MohawkConfig:
         return _data(self, _check.integer("seed", seed))
 
 
+def host_generator(generator: torch.Generator) -> torch.Generator:
+    """`generator` itself when it lives on the CPU. The training loop's generator lives on the
+    model's device; on an accelerator, one draw from it seeds a CPU generator for the world's
+    samplers, so a resumed run still replays the same batches."""
+    if generator.device.type == "cpu":
+        return generator
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device))
+    return torch.Generator().manual_seed(seed)
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 @functools.lru_cache(maxsize=4)
 def _data(cfg: MohawkConfig, seed: int) -> Data:
     # one world per (config, seed): building the knowledge language's stationary law takes ~1 s
@@ -246,7 +260,9 @@ class Data:
         return seq[:, :-1], seq[:, 1:]
 
     def batch(self, size: int, generator: torch.Generator):
-        """(inputs, next-token targets) of `size` training sequences."""
+        """(inputs, next-token targets) of `size` training sequences, on the CPU (an accelerator's
+        generator seeds a CPU one: see :func:`host_generator`)."""
+        generator = host_generator(generator)
         w = self.cfg.world
         if w is None:
             return copy_sequences(size, self.cfg.length, self.cfg.vocab, generator)
@@ -262,8 +278,9 @@ class Data:
     def evaluate(self, model: ParallelLM, teacher: ParallelLM) -> dict[str, float]:
         """KL(teacher ‖ student) per token on each domain (and on the skill's determined answers);
         copy accuracy on the copy language."""
-        out = {}
+        out, device = {}, _device_of(model)
         for name, (x, y) in self.eval.items():
+            x, y = x.to(device), y.to(device)
             logits, target = model(x), teacher(x)
             out[f"kl_{name}"] = kd_loss(logits, target).item()
             if self.cfg.world is None:
@@ -353,16 +370,17 @@ PRESETS = {
 # ---------------------------------------------------------------------------------------------
 # Runs
 # ---------------------------------------------------------------------------------------------
-def train_teacher(cfg: MohawkConfig, seed: int, run_dir=True, progress: bool = True):
-    """The teacher on next-token cross-entropy at every position; cached (resumable) in `run_dir`
-    (True: the default folder keyed on the config and seed). Returns (teacher, its evaluation)."""
+def train_teacher(cfg: MohawkConfig, seed: int, run_dir=True, progress: bool = True, device="cpu"):
+    """The teacher on next-token cross-entropy at every position, on `device`; cached
+    (resumable) in `run_dir` (True: the default folder keyed on the config and seed).
+    Returns (teacher, its evaluation)."""
     seed = _check.integer("seed", seed)
     data = cfg.data(seed)
     torch.manual_seed(seed)
-    teacher = phi_teacher(cfg.gpt)
+    teacher = phi_teacher(cfg.gpt).to(device)
 
     def loss_fn(model, generator):
-        x, y = data.batch(cfg.teacher_batch, generator)
+        x, y = (t.to(_device_of(model)) for t in data.batch(cfg.teacher_batch, generator))
         return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
 
     tcfg = one_cycle(cfg.teacher_steps, cfg.teacher_lr)
@@ -374,6 +392,7 @@ def train_teacher(cfg: MohawkConfig, seed: int, run_dir=True, progress: bool = T
     scores = {}
     with torch.no_grad():
         for name, (x, y) in data.eval.items():
+            x, y = x.to(_device_of(teacher)), y.to(_device_of(teacher))
             logits = teacher(x)
             scores[f"ce_{name}"] = F.cross_entropy(logits.flatten(0, 1), y.flatten()).item()
             if cfg.world is None:
@@ -414,30 +433,30 @@ def student(cfg: MohawkConfig, seed: int) -> ParallelLM:
 def probe_maps(model: ParallelLM, teacher: ParallelLM, tokens: torch.Tensor) -> list[torch.Tensor]:
     """Per layer, the student's materialised matrices (H, T, T) of the first sequence of `tokens`,
     each layer fed the teacher's input (teacher-forced, as stage 1 sees it)."""
-    trace = teacher_trace(teacher, tokens[:1])
-    return [b.mixer.mixing_matrix(b.ln(h))[0].clone() for b, h in zip(model.blocks, trace.hidden)]
+    trace = teacher_trace(teacher, tokens[:1].to(_device_of(teacher)))
+    return [b.mixer.mixing_matrix(b.ln(h))[0].cpu() for b, h in zip(model.blocks, trace.hidden)]
 
 
 @torch.no_grad()
 def probe_decays(model: ParallelLM, teacher: ParallelLM, tokens: torch.Tensor) -> list[torch.Tensor]:
     """Per layer, α (T, H) of the first sequence of `tokens`, teacher-forced."""
-    trace = teacher_trace(teacher, tokens[:1])
-    return [b.mixer.decays(b.ln(h))[0].clone() for b, h in zip(model.blocks, trace.hidden)]
+    trace = teacher_trace(teacher, tokens[:1].to(_device_of(teacher)))
+    return [b.mixer.decays(b.ln(h))[0].cpu() for b, h in zip(model.blocks, trace.hidden)]
 
 
 @torch.no_grad()
 def teacher_maps(teacher: ParallelLM, tokens: torch.Tensor) -> list[torch.Tensor]:
     """Per layer, the teacher's attention matrices A (H, T, T) of the first sequence of `tokens`."""
-    return [A[0].clone() for A in teacher_trace(teacher, tokens[:1]).maps]
+    return [A[0].cpu() for A in teacher_trace(teacher, tokens[:1].to(_device_of(teacher))).maps]
 
 
 def distill(cfg: MohawkConfig, teacher: ParallelLM, arm: str, seed: int, progress: bool = True,
             split: tuple[int, int, int] | None = None, lrs: tuple[float, float, float] | None = None,
-            schedule: str = "onecycle") -> ArmResult:
+            schedule: str = "onecycle", device="cpu") -> ArmResult:
     """One student arm at the budget ``sum(cfg.split)`` (or ``sum(split)``): every arm but
     "kd_scratch" starts by copying the teacher's non-mixer weights, then spends its steps on the
     stages as :func:`arm_steps` allots them. `lrs`: a rate per stage; `schedule`: each stage's
-    schedule, restarted per stage ("onecycle" or "wsd")."""
+    schedule, restarted per stage ("onecycle" or "wsd"). Student and teacher run on `device`."""
     arm = _check.choice("arm", arm, ARMS)
     seed = _check.integer("seed", seed)
     schedule = _check.choice("schedule", schedule, SCHEDULES)
@@ -450,17 +469,18 @@ def distill(cfg: MohawkConfig, teacher: ParallelLM, arm: str, seed: int, progres
         raise ValueError(f"lrs must hold three rates; got {lrs!r}")
     start = time.time()
     data = cfg.data(seed)
-    model = student(cfg, seed)
+    model = student(cfg, seed).to(device)
+    teacher = teacher.to(device)
     if arm != "kd_scratch":
         transfer_weights(teacher, model)
-    probe = data.probe
+    probe = data.probe.to(device)
     frob_init = matrix_errors(model, teacher, probe).tolist()
     losses, curve = {}, [(0, frob_init)]
     maps = [(0, probe_maps(model, teacher, probe))] if steps[0] else []
     decays = {"before": probe_decays(model, teacher, probe)}
 
     def batch(generator):
-        return data.batch(cfg.batch, generator)[0]
+        return data.batch(cfg.batch, generator)[0].to(device)
 
     def frames(step, m):
         if step % cfg.frame_every == 0:
@@ -487,13 +507,13 @@ def distill(cfg: MohawkConfig, teacher: ParallelLM, arm: str, seed: int, progres
 def run_budget(cfg: MohawkConfig, seed: int, wsd_lrs: tuple[float, float, float] | None = None,
                progress: bool = True, wsd_arms: tuple[str, ...] | None = None,
                splits: tuple[tuple[int, int, int], ...] = (), a_biases: tuple[float, ...] = (),
-               workers: int = 1) -> dict:
+               workers: int = 1, device="cpu") -> dict:
     """A budget-limited world: its teacher, then every arm of ``cfg.arms`` under OneCycle at
     ``cfg.lr``; with `wsd_lrs`, the arms `wsd_arms` (default all) under per-stage
     warmup–stable–decay at those rates; MOHAWK at each split of `splits` (same budget); and every
     arm of ``cfg.arms`` again under OneCycle with the decay shift b_a of each of `a_biases`.
-    The student runs go to `workers` processes (:func:`lab.parallel.run_jobs`; each run seeds
-    itself, so the numbers do not depend on it).
+    Everything runs on `device`; the student runs go to `workers` processes
+    (:func:`lab.parallel.run_jobs`; each run seeds itself, so the numbers do not depend on it).
     Returns {"teacher", "teacher_scores", "teacher_seconds",
     "arms": {(arm, schedule): ArmResult},
     "grid": {steps (s1, s2, s3): ArmResult} (every run that starts from the transferred weights,
@@ -506,13 +526,13 @@ def run_budget(cfg: MohawkConfig, seed: int, wsd_lrs: tuple[float, float, float]
     biases_asked = [_check.real("a_biases", b) for b in a_biases]
     workers = _check.integer("workers", workers, low=1)
     t0 = time.time()
-    teacher, scores = train_teacher(cfg, seed, progress=progress)
+    teacher, scores = train_teacher(cfg, seed, progress=progress, device=device)
     teacher_seconds = time.time() - t0
     keys, jobs = [], []
 
     def add(key, c, arm, split=None, lrs=None, schedule="onecycle"):
         keys.append(key)
-        jobs.append((c, teacher, arm, seed, progress and workers == 1, split, lrs, schedule))
+        jobs.append((c, teacher, arm, seed, progress and workers == 1, split, lrs, schedule, device))
 
     for schedule, lrs in (("onecycle", None), ("wsd", wsd_lrs)):
         if schedule == "wsd" and wsd_lrs is None:
@@ -539,15 +559,17 @@ def run_budget(cfg: MohawkConfig, seed: int, wsd_lrs: tuple[float, float, float]
             "arms": arms, "grid": grid, "biases": biases}
 
 
-def run_experiment(cfg: MohawkConfig, seed: int, progress: bool = True, workers: int = 1) -> dict:
-    """The teacher, then every arm of ``cfg.arms`` on `seed` (in `workers` processes)."""
+def run_experiment(cfg: MohawkConfig, seed: int, progress: bool = True, workers: int = 1,
+                   device="cpu") -> dict:
+    """The teacher, then every arm of ``cfg.arms`` on `seed` (on `device`, in `workers` processes)."""
     if not isinstance(cfg, MohawkConfig):
         raise TypeError(f"cfg must be a MohawkConfig; got {type(cfg).__name__}")
     workers = _check.integer("workers", workers, low=1)
     t0 = time.time()
-    teacher, scores = train_teacher(cfg, seed, progress=progress)
+    teacher, scores = train_teacher(cfg, seed, progress=progress, device=device)
     teacher_seconds = time.time() - t0
-    jobs = [(cfg, copy.deepcopy(teacher), arm, seed, progress and workers == 1) for arm in cfg.arms]
+    jobs = [(cfg, copy.deepcopy(teacher), arm, seed, progress and workers == 1, None, None, "onecycle", device)
+            for arm in cfg.arms]
     arms = dict(zip(cfg.arms, run_jobs(distill, jobs, workers, desc="student runs")))
     return {"teacher": teacher, "teacher_scores": scores, "teacher_seconds": teacher_seconds, "arms": arms}
 
