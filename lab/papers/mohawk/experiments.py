@@ -331,12 +331,17 @@ class ChapterConfig:
         if len(self.wsd_lrs) != 3:
             raise ValueError(f"wsd_lrs must hold three rates; got {self.wsd_lrs!r}")
         for i, split in enumerate(self.grid):
-            dataclasses.replace(self.budget, split=tuple(split))      # the split's own checks
-            if sum(split) != self.budget.budget:
-                raise ValueError(f"grid[{i}] must spend the budget world's {self.budget.budget} "
-                                 f"steps; got {split!r}")
+            budget_split(self.budget, split, f"grid[{i}]")
         for b in self.a_biases:
             _check.real("a_biases", b)
+
+
+def budget_split(cfg: MohawkConfig, split, name: str = "split") -> tuple[int, int, int]:
+    """`split` as a tuple, checked as ``cfg.split`` is and required to spend ``cfg.budget`` steps."""
+    split = dataclasses.replace(cfg, split=tuple(split)).split
+    if sum(split) != cfg.budget:
+        raise ValueError(f"{name} must spend the {cfg.budget} steps of the budget; got {split!r}")
+    return split
 
 
 TINY_BUDGET = dataclasses.replace(WORLD_V2, teacher_steps=1000, split=(20, 20, 160), eval_size=256)
@@ -460,10 +465,8 @@ def distill(cfg: MohawkConfig, teacher: ParallelLM, arm: str, seed: int, progres
     arm = _check.choice("arm", arm, ARMS)
     seed = _check.integer("seed", seed)
     schedule = _check.choice("schedule", schedule, SCHEDULES)
-    split = cfg.split if split is None else tuple(split)
+    split = cfg.split if split is None else dataclasses.replace(cfg, split=tuple(split)).split
     steps = arm_steps(arm, split)
-    if steps[2] < 3 or any(0 < n < 3 for n in steps):
-        raise ValueError(f"split must give every stage 0 or ≥ 3 steps and stage 3 at least 3; got {split!r}")
     lrs = (cfg.lr,) * 3 if lrs is None else lrs
     if len(lrs) != 3:
         raise ValueError(f"lrs must hold three rates; got {lrs!r}")
@@ -520,15 +523,13 @@ def run_budget(cfg: MohawkConfig, seed: int, wsd_lrs: tuple[float, float, float]
     OneCycle, ``cfg.a_bias``: the allocator's grid), "biases": {(arm, b_a): ArmResult}}."""
     if not isinstance(cfg, MohawkConfig) or cfg.world is None:
         raise TypeError(f"cfg must be a MohawkConfig with a world; got {cfg!r:.80}")
-    for i, split in enumerate(splits):
-        if len(split) != 3 or sum(split) != cfg.budget:
-            raise ValueError(f"splits[{i}] must be three step counts summing to {cfg.budget}; got {split!r}")
+    splits = [budget_split(cfg, split, f"splits[{i}]") for i, split in enumerate(splits)]
     biases_asked = [_check.real("a_biases", b) for b in a_biases]
     workers = _check.integer("workers", workers, low=1)
     t0 = time.time()
     teacher, scores = train_teacher(cfg, seed, progress=progress, device=device)
     teacher_seconds = time.time() - t0
-    keys, jobs = [], []
+    keys, jobs = [], []                     # keys: ("arms", arm, schedule), ("grid", split), ("biases", arm, b_a)
 
     def add(key, c, arm, split=None, lrs=None, schedule="onecycle"):
         keys.append(key)
@@ -540,20 +541,22 @@ def run_budget(cfg: MohawkConfig, seed: int, wsd_lrs: tuple[float, float, float]
         for arm in cfg.arms:
             if schedule == "wsd" and wsd_arms is not None and arm not in wsd_arms:
                 continue
-            add((arm, schedule), cfg, arm, lrs=lrs, schedule=schedule)
+            add(("arms", arm, schedule), cfg, arm, lrs=lrs, schedule=schedule)
     named = {arm_steps(arm, cfg.split) for arm in cfg.arms if arm != "kd_scratch"}
-    for split in dict.fromkeys(tuple(s) for s in splits):
+    for split in dict.fromkeys(splits):
         if split not in named:
-            add(split, cfg, "mohawk", split=split)
+            add(("grid", split), cfg, "mohawk", split=split)
     for b in dict.fromkeys(biases_asked):
         if b != cfg.a_bias:
             for arm in cfg.arms:
-                add((arm, b), dataclasses.replace(cfg, a_bias=b), arm)
-    done = dict(zip(keys, run_jobs(distill, jobs, workers, desc="student runs")))
-    arms = {k: done[k] for k in keys if len(k) == 2 and k[1] in SCHEDULES}
+                add(("biases", arm, b), dataclasses.replace(cfg, a_bias=b), arm)
+    done = {part: {} for part in ("arms", "grid", "biases")}
+    for (part, *key), result in zip(keys, run_jobs(distill, jobs, workers, desc="student runs")):
+        done[part][key[0] if part == "grid" else tuple(key)] = result
+    arms = done["arms"]
     grid = {r.steps: r for (arm, schedule), r in arms.items() if schedule == "onecycle" and arm != "kd_scratch"}
-    grid.update({k: done[k] for k in keys if len(k) == 3})
-    biases = {(arm, b): arms[arm, "onecycle"] if b == cfg.a_bias else done[arm, b]
+    grid.update(done["grid"])
+    biases = {(arm, b): arms[arm, "onecycle"] if b == cfg.a_bias else done["biases"][arm, b]
               for b in dict.fromkeys(biases_asked) for arm in cfg.arms}
     return {"teacher": teacher, "teacher_scores": scores, "teacher_seconds": teacher_seconds,
             "arms": arms, "grid": grid, "biases": biases}
